@@ -1,0 +1,67 @@
+r"""Trains and evaluates a ViViT model described by an ml_collections config file.
+
+  python main.py --config=configs/synthetic/vivit_demo.py --workdir=/tmp/vivit_demo
+  python main.py --config=configs/organmnist3d/vivit_keras_baseline.py --workdir=/tmp/organ \
+      --config.batch_size=64
+
+Run as one of several processes (SLURM, Open MPI, Cloud TPU, or explicit
+--coordinator_address/--num_processes/--process_id), it joins them through
+`jax.distributed` before touching any device.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Experiment config file (get_config()).',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard summaries and '
+                    'results.json; a run resumes from the newest checkpoint found here.')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 for multi-process runs '
+                    '(not needed under SLURM, Open MPI or on Cloud TPU, where JAX finds it).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes of a multi-process run.')
+flags.DEFINE_integer('process_id', None, 'This process\'s index in a multi-process run.')
+flags.DEFINE_list('local_device_ids', None, 'Local devices this process uses (multi-process).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+# Variables that cluster launchers set when they start several processes of one job.
+_CLUSTER_SIZE_VARIABLES = ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'PMI_SIZE')
+
+
+def launched_as_multiprocess() -> bool:
+  """Whether this process is one of several: explicit flags or a cluster launcher's variables."""
+  if FLAGS.coordinator_address or (FLAGS.num_processes or 1) > 1:
+    return True
+  if any(int(os.environ.get(name, '1')) > 1 for name in _CLUSTER_SIZE_VARIABLES):
+    return True
+  return 'TPU_WORKER_HOSTNAMES' in os.environ and ',' in os.environ['TPU_WORKER_HOSTNAMES']
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  import jax  # pylint: disable=g-import-not-at-top
+  from vivit_flax import config_validation, trainer  # pylint: disable=g-import-not-at-top
+
+  if launched_as_multiprocess():
+    jax.distributed.initialize(
+        coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
+        process_id=FLAGS.process_id,
+        local_device_ids=[int(i) for i in FLAGS.local_device_ids] if FLAGS.local_device_ids
+        else None)
+  logging.info('JAX process %d of %d, %d local / %d global devices (%s).', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform)
+  try:
+    config_validation.validate(FLAGS.config)
+    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except config_validation.USER_ERRORS as error:
+    logging.error('%s: %s', type(error).__name__, error)
+    sys.exit(f'error: {error}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,131 @@
+"""Train utilities: learning-rate schedule, optimizer, and the pmapped steps against one device."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import jax_utils
+
+from configs.synthetic import vivit_smoke
+from vivit_flax import model, train_utils
+
+
+def _config(**lr):
+  config = vivit_smoke.get_config()
+  config.lr_configs.update(lr)
+  return config
+
+
+def test_compound_schedule_matches_formula():
+  config = _config(factors='constant * cosine_decay * linear_warmup', base_learning_rate=0.5,
+                   warmup_steps=10, steps_per_cycle=110)
+  lr_fn = train_utils.create_learning_rate_fn(config, total_steps=110)
+  for step in (0, 5, 10, 35, 60, 110, 200):
+    warm = min(1.0, step / 10)
+    progress = min(max(0.0, (step - 10) / 100), 1.0)
+    expected = 0.5 * warm * 0.5 * (1 + math.cos(math.pi * progress))
+    assert float(lr_fn(step)) == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+
+def test_unknown_schedule_factor_is_named():
+  with pytest.raises(ValueError, match="'cosine_decy'.*known factors"):
+    train_utils.create_learning_rate_fn(_config(factors='constant * cosine_decy'), 10)
+
+
+def test_gradient_clipping_bounds_the_update():
+  config = _config(base_learning_rate=1.0)
+  config.optimizer = 'momentum'
+  config.optimizer_configs.momentum = 0.0
+  config.max_grad_norm = 1.0
+  tx = train_utils.create_optimizer(config, lambda _: 1.0)
+  params = {'w': jnp.zeros(4)}
+  updates, _ = tx.update({'w': jnp.full(4, 10.0)}, tx.init(params), params)
+  np.testing.assert_allclose(optax.tree.norm(updates), 1.0, rtol=1e-6)
+
+
+def test_unknown_optimizer_is_named():
+  config = _config()
+  config.optimizer = 'adamax'
+  with pytest.raises(ValueError, match="'adamax'"):
+    train_utils.create_optimizer(config, lambda _: 1.0)
+
+
+def _smoke_setup(num_classes=11, global_batch=16):
+  config = _config(base_learning_rate=1e-3)
+  meta = {'num_classes': num_classes, 'input_shape': (-1, 14, 14, 14, 1), 'task': 'multi-class',
+          'target_is_onehot': True}
+  config.model.patches.size = (7, 7, 7)
+  vivit = model.get_model_cls(config.model_name)(config, meta)
+  lr_fn = train_utils.create_learning_rate_fn(config, 100)
+  state = train_utils.create_train_state(vivit.flax_model, meta['input_shape'], config, lr_fn,
+                                         jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  batches = []
+  for _ in range(3):
+    labels = rng.integers(0, num_classes, global_batch)
+    batches.append({
+        'inputs': rng.random((global_batch, 14, 14, 14, 1), dtype=np.float32),
+        'label': np.eye(num_classes, dtype=np.float32)[labels],
+        'batch_mask': np.ones(global_batch, np.float32)})
+  step = functools.partial(train_utils.train_step, loss_fn=vivit.loss_function,
+                           metrics_fn=vivit.get_metrics_fn('train'), learning_rate_fn=lr_fn)
+  return state, batches, step
+
+
+def _run(state, batches, step, num_devices):
+  devices = jax.local_devices()[:num_devices]
+  p_step = jax.pmap(step, axis_name=train_utils.AXIS_NAME, devices=devices)
+  state = jax_utils.replicate(state, devices)
+  losses = []
+  for batch in batches:
+    sharded = jax.tree_util.tree_map(
+        lambda x: x.reshape((num_devices, -1) + x.shape[1:]), batch)
+    state, metrics = p_step(state, sharded)
+    losses.append(train_utils.summarize_metrics([metrics])['loss'])
+  return jax.device_get(train_utils.unreplicate(state).params), losses
+
+
+def test_pmap_over_eight_devices_equals_one_device():
+  assert jax.local_device_count() >= 8, 'conftest forces 8 host devices'
+  state, batches, step = _smoke_setup()
+  params_1, losses_1 = _run(state, batches, step, 1)
+  params_8, losses_8 = _run(state, batches, step, 8)
+  np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                         params_8, params_1)
+  # And training moved the parameters.
+  changed = jax.tree_util.tree_map(lambda a, b: bool(np.any(a != b)), params_1,
+                                   jax.device_get(state.params))
+  assert any(jax.tree_util.tree_leaves(changed))
+
+
+def test_train_step_compiles_once():
+  """After the first step nothing is compiled again: no retracing on new batches or states."""
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, *_, **__: compiles.append(event)
+      if event == '/jax/core/compile/backend_compile_duration' else None)
+  state, batches, step = _smoke_setup()
+  p_step = jax.pmap(step, axis_name=train_utils.AXIS_NAME, donate_argnums=(0,))
+  state = train_utils.replicate(state)
+  n = jax.local_device_count()
+  sharded = [jax.tree_util.tree_map(lambda x: x.reshape((n, -1) + x.shape[1:]), b)
+             for b in batches]
+  state, _ = p_step(state, sharded[0])
+  jax.block_until_ready(state)
+  compiled_by_first_step = len(compiles)
+  for batch in sharded[1:]:
+    state, _ = p_step(state, batch)
+  jax.block_until_ready(state)
+  assert compiled_by_first_step > 0
+  assert len(compiles) == compiled_by_first_step
+
+
+def test_summarize_metrics_divides_totals():
+  metrics = [{'loss': (np.array([6.0]), np.array([3.0]))},
+             {'loss': (np.array([2.0]), np.array([1.0]))}]
+  assert train_utils.summarize_metrics(metrics) == {'loss': pytest.approx(2.0)}

@@ -1,0 +1,56 @@
+"""Prediction from a trained workdir: `load_predictor(workdir)(volumes) -> class probabilities`."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vivit_flax import checkpoints, model
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run saved as `<workdir>/config.json`."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} does not exist: {workdir} is not a training workdir.')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_predictor(workdir: str) -> Callable[[np.ndarray], np.ndarray]:
+  """A function from volumes to class probabilities, using the newest checkpoint in `workdir`.
+
+  The function takes uint8 volumes `[N, T, H, W]` or `[N, T, H, W, C]` (depth first, as
+  MedMNIST stores them; float input is taken as already scaled to [0, 1]) and returns
+  float32 probabilities `[N, num_classes]`.
+  """
+  config = load_config(workdir)
+  params, meta = checkpoints.restore_params(workdir)
+  meta['input_shape'] = tuple(meta['input_shape'])
+  flax_model = model.get_model_cls(config.model_name)(config, meta).flax_model
+  expected = meta['input_shape'][1:]
+
+  @jax.jit
+  def probabilities(x):
+    return jax.nn.softmax(flax_model.apply({'params': params}, x, train=False), axis=-1)
+
+  def predict(volumes: np.ndarray) -> np.ndarray:
+    volumes = np.asarray(volumes)
+    if volumes.ndim == len(expected):
+      volumes = volumes[..., None]
+    if volumes.shape[1:] != expected:
+      raise ValueError(f'Expected volumes of shape [N, {", ".join(map(str, expected[:-1]))}] or '
+                       f'[N, {", ".join(map(str, expected))}]; got {volumes.shape}.')
+    if volumes.dtype == np.uint8:
+      x = volumes.astype(np.float32) / 255.0
+    else:
+      x = volumes.astype(np.float32)
+    return np.asarray(probabilities(jnp.asarray(x)))
+
+  return predict

@@ -1,0 +1,193 @@
+"""Training state, learning-rate schedule, optimizer and the per-device train/eval steps.
+
+The steps are written for one device and are turned into data-parallel programs by
+`jax.pmap(..., axis_name='batch')` in the trainer: gradients are averaged with
+`lax.pmean` and metrics are summed with `lax.psum` over that axis, which spans every
+device of every process.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import jax_utils
+from flax.training import train_state as flax_train_state
+
+Batch = dict[str, jnp.ndarray]
+Metrics = dict[str, tuple[jnp.ndarray, jnp.ndarray]]
+
+AXIS_NAME = 'batch'
+
+
+class TrainState(flax_train_state.TrainState):
+  """Flax train state plus the base RNG from which per-step, per-device keys are folded."""
+  rng: jnp.ndarray
+
+
+def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """`config.num_training_steps` when set, else epochs times steps per epoch."""
+  if config.get('num_training_steps'):
+    return int(config.num_training_steps)
+  return int(config.num_training_epochs) * steps_per_epoch
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict,
+                            total_steps: int) -> Callable[[jnp.ndarray], jnp.ndarray]:
+  """Scenic's compound schedule: the product of the factors named in `lr_configs.factors`.
+
+  Factors: `constant` (base_learning_rate), `linear_warmup` (over warmup_steps),
+  `cosine_decay` (one cosine cycle of steps_per_cycle after warm-up), `linear_decay`
+  (to zero at steps_per_cycle), `rsqrt_decay` (1/sqrt(step) after warm-up).
+  `steps_per_cycle` defaults to the total number of training steps.
+  """
+  lr_configs = config.lr_configs
+  if lr_configs.get('learning_rate_schedule', 'compound') != 'compound':
+    raise ValueError(
+        f"lr_configs.learning_rate_schedule={lr_configs.learning_rate_schedule!r} is not "
+        "supported: use 'compound' and name the factors in lr_configs.factors.")
+  factors = [name.strip() for name in lr_configs.get('factors', 'constant').split('*')]
+  base_lr = float(lr_configs.base_learning_rate)
+  warmup_steps = int(lr_configs.get('warmup_steps') or 0)
+  steps_per_cycle = int(lr_configs.get('steps_per_cycle') or total_steps)
+  known = ('constant', 'linear_warmup', 'cosine_decay', 'linear_decay', 'rsqrt_decay')
+  for name in factors:
+    if name not in known:
+      raise ValueError(f'Unknown learning-rate factor {name!r} in lr_configs.factors; '
+                       f'known factors: {", ".join(known)}.')
+
+  def learning_rate(step):
+    step = jnp.asarray(step, jnp.float32)
+    ratio = jnp.ones([], jnp.float32)
+    for name in factors:
+      if name == 'constant':
+        ratio *= base_lr
+      elif name == 'linear_warmup' and warmup_steps > 0:
+        ratio *= jnp.minimum(1.0, step / warmup_steps)
+      elif name == 'cosine_decay':
+        progress = jnp.maximum(0.0, (step - warmup_steps) / max(steps_per_cycle - warmup_steps, 1))
+        ratio *= 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(progress, 1.0)))
+      elif name == 'linear_decay':
+        progress = jnp.maximum(0.0, (step - warmup_steps) / max(steps_per_cycle - warmup_steps, 1))
+        ratio *= jnp.maximum(0.0, 1.0 - progress)
+      elif name == 'rsqrt_decay':
+        ratio *= jax.lax.rsqrt(jnp.maximum(step, max(warmup_steps, 1)))
+    return ratio
+
+  return learning_rate
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     learning_rate_fn: Callable) -> optax.GradientTransformation:
+  """The optax optimizer named by `config.optimizer`, with global-norm clipping when set."""
+  opt = config.get('optimizer_configs') or ml_collections.ConfigDict()
+  name = config.optimizer
+  if name == 'adam':
+    tx = optax.adam(learning_rate_fn, b1=opt.get('beta1', 0.9), b2=opt.get('beta2', 0.999),
+                    eps=opt.get('epsilon', 1e-8))
+  elif name == 'adamw':
+    tx = optax.adamw(learning_rate_fn, b1=opt.get('beta1', 0.9), b2=opt.get('beta2', 0.999),
+                     eps=opt.get('epsilon', 1e-8), weight_decay=opt.get('weight_decay', 1e-4))
+  elif name == 'momentum':
+    tx = optax.sgd(learning_rate_fn, momentum=opt.get('momentum', 0.9),
+                   nesterov=opt.get('nesterov', False))
+  else:
+    raise ValueError(f"Unknown optimizer {name!r}: use 'adam', 'adamw' or 'momentum'.")
+  if config.get('max_grad_norm'):
+    tx = optax.chain(optax.clip_by_global_norm(float(config.max_grad_norm)), tx)
+  return tx
+
+
+def initialize_params(flax_model, input_shape: tuple[int, ...], rng: jnp.ndarray,
+                      dtype=jnp.float32) -> Any:
+  """Parameters of `flax_model` for inputs of `input_shape` (batch dimension -1 or any)."""
+  dummy = jnp.zeros((1,) + tuple(input_shape[1:]), dtype)
+  init = jax.jit(functools.partial(flax_model.init, train=False))
+  return flax.core.unfreeze(init({'params': rng}, dummy)['params'])
+
+
+def create_train_state(flax_model, input_shape, config: ml_collections.ConfigDict,
+                       learning_rate_fn: Callable, rng: jnp.ndarray) -> TrainState:
+  """A fresh TrainState: initialised parameters, optimizer state, and a base RNG."""
+  init_rng, train_rng = jax.random.split(rng)
+  params = initialize_params(flax_model, input_shape, init_rng)
+  state = TrainState.create(apply_fn=flax_model.apply, params=params,
+                            tx=create_optimizer(config, learning_rate_fn), rng=train_rng)
+  # A strongly typed step, as the train step returns it, so the second step does not recompile.
+  return state.replace(step=jnp.zeros([], jnp.int32))
+
+
+def train_step(state: TrainState, batch: Batch, *, loss_fn: Callable, metrics_fn: Callable,
+               learning_rate_fn: Callable) -> tuple[TrainState, Metrics]:
+  """One data-parallel optimisation step on this device's shard of the global batch.
+
+  Dropout and stochastic-depth keys are folded from the state's RNG by step and device
+  index, so every device draws different noise and a resumed run draws the same noise.
+  """
+  step_rng = jax.random.fold_in(state.rng, state.step)
+  dropout_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(AXIS_NAME))
+
+  def compute_loss(params):
+    logits = state.apply_fn({'params': params}, batch['inputs'], train=True,
+                            rngs={'dropout': dropout_rng})
+    return loss_fn(logits, batch, params), logits
+
+  (_, logits), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+  grads = jax.lax.pmean(grads, axis_name=AXIS_NAME)
+  new_state = state.apply_gradients(grads=grads)
+  metrics = metrics_fn(logits, batch)
+  metrics['learning_rate'] = (learning_rate_fn(state.step), jnp.ones([]))
+  metrics['grad_norm'] = (optax.tree.norm(grads), jnp.ones([]))
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: Batch, *,
+              metrics_fn: Callable) -> tuple[Metrics, dict[str, jnp.ndarray]]:
+  """Summed, weighted metrics of one evaluation batch, and every device's predictions.
+
+  The predictions (softmax probabilities, labels, weights) are gathered over all devices
+  of all processes, so each host can compute dataset-level scores such as AUC.
+  """
+  logits = state.apply_fn({'params': state.params}, batch['inputs'], train=False)
+  outputs = {'probabilities': jax.nn.softmax(logits.astype(jnp.float32)),
+             'labels': jnp.argmax(batch['label'], axis=-1),
+             'batch_mask': batch['batch_mask']}
+  return metrics_fn(logits, batch), jax.lax.all_gather(outputs, AXIS_NAME)
+
+
+def replicate(tree):
+  """`tree` copied to every local device, laid out exactly as the pmapped steps return it.
+
+  Passing the state through a pmapped identity gives it the steps' own output sharding,
+  so the second train step hits the first one's compilation instead of compiling again.
+  """
+  return jax.pmap(lambda x: x, axis_name=AXIS_NAME)(jax_utils.replicate(tree))
+
+
+def unreplicate(tree):
+  """The first replica of a pmap-replicated tree.
+
+  (`flax.jax_utils.unreplicate` keeps the device axis when there is only one device.)
+  """
+  return jax.tree_util.tree_map(lambda x: x[0], tree)
+
+
+def summarize_metrics(metrics_list: list[Metrics]) -> dict[str, float]:
+  """Host-side totals: for each metric, sum of numerators over sum of denominators.
+
+  `metrics_list` holds replicated per-step metrics (as returned by the pmapped steps);
+  the first replica of each is used since psum made them identical.
+  """
+  host = jax.device_get([unreplicate(m) for m in metrics_list])
+  totals = {}
+  for name in host[0]:
+    numerator = sum(float(np.asarray(m[name][0])) for m in host)
+    denominator = sum(float(np.asarray(m[name][1])) for m in host)
+    totals[name] = numerator / max(denominator, 1e-12)
+  return totals

@@ -1,0 +1,215 @@
+"""The training loop: init or resume, pmapped steps, periodic logging, evaluation and checkpoints.
+
+Nothing here is model-specific: the model comes from `model.get_model_cls(config.model_name)`,
+the data from `datasets.get_dataset(config)`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, parameter_overview, periodic_actions
+
+from vivit_flax import checkpoints, datasets, evaluation, model, train_utils
+from vivit_flax.datasets import input_pipeline
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN or infinite loss."""
+
+
+class PreemptionGuard:
+  """Turns SIGTERM (sent by schedulers before they kill a job) into a flag the loop polls.
+
+  With several processes, Orbax's `reached_preemption` (JAX's coordination service)
+  agrees on one step for all of them; a single process relies on the signal handler.
+  """
+
+  def __init__(self, manager):
+    self._manager = manager
+    self._signalled = False
+    self._previous = None
+    if jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    logging.warning('SIGTERM received: checkpointing at the end of this step, then exiting.')
+    self._signalled = True
+
+  def reached(self, step: int) -> bool:
+    return self._signalled or self._manager.reached_preemption(step)
+
+  def release(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _first_nonfinite_loss(metrics_list, first_step: int) -> tuple[int, float] | None:
+  """(step, loss) of the first step in `metrics_list` whose loss is NaN or infinite."""
+  losses = jax.device_get([m['loss'][0][0] / m['loss'][1][0] for m in metrics_list])
+  for offset, loss in enumerate(losses):
+    if not np.isfinite(loss):
+      return first_step + offset, float(loss)
+  return None
+
+
+class Trainer:
+  """Holds what one training run needs; `run()` executes it and returns the final results."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config = config
+    self.workdir = workdir
+    self.is_chief = jax.process_index() == 0
+    self.dataset = datasets.get_dataset(config)
+    self.meta = self.dataset.meta_data
+    self.model = model.get_model_cls(config.model_name)(config, self.meta)
+    self.total_steps = train_utils.total_train_steps(config, self.dataset.steps_per_epoch)
+    self.learning_rate_fn = train_utils.create_learning_rate_fn(config, self.total_steps)
+    self.log_summary_steps = int(config.get('log_summary_steps') or 50)
+    self.log_eval_steps = int(config.get('log_eval_steps') or self.dataset.steps_per_epoch)
+    self.checkpoint_steps = int(config.get('checkpoint_steps') or self.log_eval_steps)
+    self.p_train_step = jax.pmap(
+        functools.partial(train_utils.train_step, loss_fn=self.model.loss_function,
+                          metrics_fn=self.model.get_metrics_fn('train'),
+                          learning_rate_fn=self.learning_rate_fn),
+        axis_name=train_utils.AXIS_NAME, donate_argnums=(0,))
+    self.p_eval_step = jax.pmap(
+        functools.partial(train_utils.eval_step,
+                          metrics_fn=self.model.get_metrics_fn('validation')),
+        axis_name=train_utils.AXIS_NAME)
+    self.writer = metric_writers.create_default_writer(
+        workdir, just_logging=not (self.is_chief and config.get('write_summary', True)))
+    self.manager = checkpoints.create_manager(workdir, config) if config.get(
+        'checkpoint', True) else None
+
+  def checkpoint_metadata(self) -> dict[str, Any]:
+    keys = ('num_classes', 'input_shape', 'label_names', 'task', 'dataset_name')
+    return {k: self.meta[k] for k in keys if k in self.meta}
+
+  def initial_state(self) -> train_utils.TrainState:
+    """A fresh state, or the newest checkpoint's when the workdir has one."""
+    state = train_utils.create_train_state(
+        self.model.flax_model, self.meta['input_shape'], self.config, self.learning_rate_fn,
+        jax.random.PRNGKey(self.config.rng_seed))
+    if self.manager is not None:
+      state = checkpoints.restore_latest(self.manager, state)
+    if int(state.step) > 0:
+      logging.info('Resuming from the checkpoint of step %d in %s.', int(state.step), self.workdir)
+    else:
+      parameter_overview.log_parameter_overview(state.params)
+    write_config(self.config, self.workdir)
+    return state
+
+  def save(self, state) -> None:
+    if self.manager is not None:
+      checkpoints.save(self.manager, train_utils.unreplicate(state), self.checkpoint_metadata())
+
+  def evaluate(self, state, split: str, step: int) -> tuple[dict[str, float], dict]:
+    results, predictions = evaluation.evaluate(
+        self.p_eval_step, state, input_pipeline.prefetch_to_device(
+            self.dataset.eval_iter(split), self.config.dataset_configs.get('prefetch_to_device', 2)),
+        task=self.meta['task'])
+    prefix = 'valid' if split == 'validation' else split
+    self.writer.write_scalars(step, {f'{prefix}_{k}': v for k, v in results.items()})
+    return results, predictions
+
+  def flush_train_metrics(self, metrics_list, first_step: int, step: int) -> None:
+    """Writes the mean train metrics since the last flush; stops on a non-finite loss."""
+    if not metrics_list:
+      return
+    bad = _first_nonfinite_loss(metrics_list, first_step)
+    if bad is not None and self.config.get('stop_on_nan', True):
+      raise NonFiniteLossError(
+          f'The training loss is {bad[1]} at step {bad[0]}. The run stopped without writing a '
+          'checkpoint of this state; the last good checkpoint is kept. Lower '
+          'lr_configs.base_learning_rate, set max_grad_norm, or use model_dtype_str=float32; '
+          'set stop_on_nan=False to train on regardless.')
+    summary = train_utils.summarize_metrics(metrics_list)
+    self.writer.write_scalars(step, {f'train_{k}': v for k, v in summary.items()})
+
+  def run(self) -> dict[str, Any]:
+    config = self.config
+    state = self.initial_state()
+    start_step = int(state.step)
+    state = train_utils.replicate(state)
+    guard = PreemptionGuard(self.manager) if self.manager is not None else None
+    report = periodic_actions.ReportProgress(num_train_steps=self.total_steps, writer=self.writer,
+                                             every_secs=10.0)
+    train_iter = input_pipeline.prefetch_to_device(
+        self.dataset.train_iter(start_step), config.dataset_configs.get('prefetch_to_device', 2))
+    logging.info('Training steps %d..%d (%d per epoch) on %d devices (%d processes).',
+                 start_step + 1, self.total_steps, self.dataset.steps_per_epoch,
+                 jax.device_count(), jax.process_count())
+    start_time = time.time()
+    metrics_list, first_step = [], start_step + 1
+    try:
+      for step in range(start_step + 1, self.total_steps + 1):
+        with jax.profiler.StepTraceAnnotation('train', step_num=step):
+          state, metrics = self.p_train_step(state, next(train_iter))
+        metrics_list.append(metrics)
+        report(step)
+        preempted = guard is not None and guard.reached(step)
+        last = step == self.total_steps
+        if step % self.log_summary_steps == 0 or last or preempted or (
+            step % self.checkpoint_steps == 0):
+          self.flush_train_metrics(metrics_list, first_step, step)
+          metrics_list, first_step = [], step + 1
+        if step % self.log_eval_steps == 0 and not last:
+          with report.timed('eval'):
+            self.evaluate(state, 'validation', step)
+        if step % self.checkpoint_steps == 0 or last or preempted:
+          with report.timed('checkpoint'):
+            self.save(state)
+        if preempted:
+          self.manager.wait_until_finished()
+          logging.warning('Preempted: checkpoint of step %d saved in %s; rerun the same command '
+                          'to resume.', step, self.workdir)
+          return {'preempted_at_step': step}
+    finally:
+      if self.manager is not None:
+        self.manager.wait_until_finished()
+      if guard is not None:
+        guard.release()
+      self.writer.flush()
+    return self.final_results(state, time.time() - start_time)
+
+  def final_results(self, state, train_seconds: float) -> dict[str, Any]:
+    """Validation and test scores of the final state, written to `<workdir>/results.json`."""
+    results = {'dataset': self.meta['dataset_name'], 'data_file': self.meta.get('data_file'),
+               'steps': self.total_steps, 'train_seconds': train_seconds,
+               'num_devices': jax.device_count()}
+    for split in ('validation', 'test'):
+      scores, _ = self.evaluate(state, split, self.total_steps)
+      results[split] = scores
+      logging.info('%s: %s', split, json.dumps(scores))
+    if self.is_chief:
+      with open(os.path.join(self.workdir, 'results.json'), 'w') as f:
+        json.dump(results, f, indent=2)
+    self.writer.flush()
+    return results
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Saves the run's config as `<workdir>/config.json` (process 0 only).
+
+  Called once the workdir's checkpoint, if any, was found to fit this config, so a
+  rejected config never overwrites the one the checkpoint was trained with.
+  """
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint) and returns the results."""
+  return Trainer(config, workdir).run()
