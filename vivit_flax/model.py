@@ -1,0 +1,517 @@
+"""ViViT video classifiers (Arnab et al., ICCV 2021) as Flax modules with
+Scenic's parameter names, and the Scenic-style classification model that
+builds them from a config and supplies the loss and metrics."""
+
+import dataclasses
+import functools
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vivit_flax import model_utils
+
+ATTENTION_TYPES = ('spacetime', 'factorized_encoder',
+                   'factorized_self_attention_block',
+                   'factorized_dot_product_attention')
+# Scenic has no class token for Models 3 and 4.
+TOKENLESS_ATTENTION_TYPES = ('factorized_self_attention_block',
+                             'factorized_dot_product_attention')
+CLASSIFIERS = ('token', 'gap', 'gmp', 'gsp')
+POSITIONAL_EMBEDDINGS = ('learned_1d', 'sinusoidal_3d', 'none')
+# Model 3 sub-layer order; Scenic spells it 'time_space' / 'space_time'.
+ATTENTION_ORDERS = {
+    'temporal_spatial': ('time', 'space'),
+    'time_space': ('time', 'space'),
+    'spatial_temporal': ('space', 'time'),
+    'space_time': ('space', 'time'),
+}
+ATTENTION_IMPLEMENTATIONS = (None, 'xla', 'cudnn')
+MODEL_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+_POOLS = {'gap': jnp.mean, 'gmp': jnp.max, 'gsp': jnp.sum}
+# Attention axis of the projected queries [batch, ..., heads, depth]: 'tokens'
+# for a flat [B, N] token list, 'time'/'space' for a [B, T, S] token grid.
+_ATTENTION_AXES = {'tokens': -3, 'time': 1, 'space': 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerSize:
+  """Width of the attention and MLP and depth of one transformer encoder."""
+  num_heads: int
+  mlp_dim: int
+  num_layers: int
+
+
+def _check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
+  if value not in choices:
+    raise ValueError(f'Unknown {key}={value!r}; use one of {list(choices)}.')
+
+
+def _attention_fn(mode: str, implementation: Optional[str]):
+  """attention_fn for nn.MultiHeadDotProductAttention.
+
+  mode: 'tokens', 'time' or 'space' (attention along that axis), or
+  'factorized_heads' (Model 4: half the heads over time, half over space).
+  """
+  if mode == 'factorized_heads':
+    attend = model_utils.factorized_dot_product_attention
+  else:
+    attend = functools.partial(model_utils.dot_product_attention,
+                               axis=_ATTENTION_AXES[mode])
+
+  def attention_fn(query, key, value, dropout_rng=None, dropout_rate=0.,
+                   deterministic=True):
+    return attend(query, key, value, dropout_rng=dropout_rng,
+                  dropout_rate=dropout_rate, deterministic=deterministic,
+                  implementation=implementation)
+
+  return attention_fn
+
+
+class MlpBlock(nn.Module):
+  """Transformer feed-forward block: Dense, GELU, dropout, Dense, dropout."""
+  mlp_dim: int
+  dropout_rate: float = 0.
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+    dense = functools.partial(
+        nn.Dense, dtype=self.dtype,
+        kernel_init=nn.initializers.xavier_uniform(),
+        bias_init=nn.initializers.normal(stddev=1e-6))
+    y = nn.gelu(dense(self.mlp_dim, name='Dense_0')(x))
+    y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    y = dense(x.shape[-1], name='Dense_1')(y)
+    return nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: in training, zeroes a residual branch for each example
+  with probability `rate` (not rescaled, as in Scenic)."""
+  rate: float = 0.
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+    if deterministic or not self.rate:
+      return x
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    keep = jax.random.bernoulli(self.make_rng('dropout'), 1. - self.rate, shape)
+    return x * keep.astype(x.dtype)
+
+
+class EncoderBlock(nn.Module):
+  """Pre-LayerNorm transformer block: self-attention sub-layer(s), then an MLP,
+  each branch with dropout, stochastic depth and a residual connection.
+
+  attention: 'tokens' (Models 1 and 2, input [B, N, D]); 'factorized_heads'
+  (Model 4, input [B, T, S, D]); or an ordered pair of 'time'/'space'
+  (Model 3, input [B, T, S, D]: one attention sub-layer per axis, each with
+  its own LayerNorm, named by axis as in Scenic).
+  """
+  mlp_dim: int
+  num_heads: int
+  attention: Any = 'tokens'
+  dropout_rate: float = 0.
+  attention_dropout_rate: float = 0.
+  droplayer_p: float = 0.
+  dtype: Any = jnp.float32
+  attention_implementation: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+    if isinstance(self.attention, str):
+      sublayers = [(self.attention, '0')]
+      mlp_names = ('LayerNorm_1', 'MlpBlock_0')
+    else:
+      sublayers = [(axis, axis) for axis in self.attention]
+      mlp_names = ('LayerNorm_mlp', 'MlpBlock')
+    for mode, suffix in sublayers:
+      y = nn.LayerNorm(dtype=self.dtype, name=f'LayerNorm_{suffix}')(x)
+      y = nn.MultiHeadDotProductAttention(
+          num_heads=self.num_heads,
+          dtype=self.dtype,
+          kernel_init=nn.initializers.xavier_uniform(),
+          dropout_rate=self.attention_dropout_rate,
+          attention_fn=_attention_fn(mode, self.attention_implementation),
+          name=f'MultiHeadDotProductAttention_{suffix}')(
+              y, deterministic=deterministic)
+      y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+      x = x + DropPath(self.droplayer_p)(y, deterministic=deterministic)
+    y = nn.LayerNorm(dtype=self.dtype, name=mlp_names[0])(x)
+    y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype,
+                 name=mlp_names[1])(y, deterministic=deterministic)
+    return x + DropPath(self.droplayer_p)(y, deterministic=deterministic)
+
+
+class AddPositionEmbs(nn.Module):
+  """Adds a learned [1, N, D] position embedding (float32 parameter)."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    pe = self.param('pos_embedding', nn.initializers.normal(stddev=0.02),
+                    (1,) + x.shape[1:], jnp.float32)
+    return x + pe.astype(x.dtype)
+
+
+class Encoder(nn.Module):
+  """Transformer encoder over the tokens of a (t, h, w) grid.
+
+  Input [B, n_cls + t*h*w, D]: time-major grid tokens after n_cls (0 or 1)
+  class tokens. Adds the position embedding, applies dropout, the blocks
+  (block i has stochastic depth i / (L - 1) * stochastic_droplayer_rate) and
+  a final float32 LayerNorm. For grid attention (Models 3 and 4) the tokens
+  are viewed as [B, t, h*w, D] for the whole stack.
+  """
+  grid: tuple[int, int, int]
+  size: TransformerSize
+  attention: Any = 'tokens'
+  positional_embedding: str = 'learned_1d'
+  dropout_rate: float = 0.
+  attention_dropout_rate: float = 0.
+  stochastic_droplayer_rate: float = 0.
+  dtype: Any = jnp.float32
+  attention_implementation: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    b, n, d = x.shape
+    if self.positional_embedding == 'learned_1d':
+      x = AddPositionEmbs(name='posembed_input')(x)
+    elif self.positional_embedding == 'sinusoidal_3d':
+      pe = model_utils.sinusoidal_3d_position_embedding(self.grid, d)
+      pe = np.pad(pe, ((n - pe.shape[0], 0), (0, 0)))  # none for a cls token
+      x = x + jnp.asarray(pe, x.dtype)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+
+    on_grid = self.attention != 'tokens'
+    if on_grid:
+      x = x.reshape(b, self.grid[0], self.grid[1] * self.grid[2], d)
+    num_layers = self.size.num_layers
+    for i in range(num_layers):
+      x = EncoderBlock(
+          mlp_dim=self.size.mlp_dim,
+          num_heads=self.size.num_heads,
+          attention=self.attention,
+          dropout_rate=self.dropout_rate,
+          attention_dropout_rate=self.attention_dropout_rate,
+          droplayer_p=(i / max(num_layers - 1, 1)
+                       * self.stochastic_droplayer_rate),
+          dtype=self.dtype,
+          attention_implementation=self.attention_implementation,
+          name=f'encoderblock_{i}')(x, deterministic=not train)
+    if on_grid:
+      x = x.reshape(b, n, d)
+    return nn.LayerNorm(dtype=jnp.float32, name='encoder_norm')(x)
+
+
+class ViViT(nn.Module):
+  """ViViT classifier for clips x of shape [B, T, H, W, C].
+
+  attention_type picks the model: 'spacetime' (Model 1, joint attention over
+  all tokens), 'factorized_encoder' (Model 2: spatial transformer per time
+  index, pooled per frame, then a temporal transformer),
+  'factorized_self_attention_block' (Model 3: per block, attention over time
+  and over space in attention_order) or 'factorized_dot_product_attention'
+  (Model 4: half the heads over time, half over space). Models 1, 3 and 4 use
+  `transformer`; Model 2 `spatial_transformer` and `temporal_transformer`.
+
+  Tokens come from tubelets (tokenizer '3d_conv', a strided 3D convolution
+  with patch_size (h, w, t)) or from 2D (h, w) patches of n_sampled_frames
+  uniformly sampled frames ('temporal_sampling'). Parameters are float32;
+  activations use `dtype`; logits are float32. attention_implementation is
+  passed to jax.nn.dot_product_attention (None/'xla', or 'cudnn' flash
+  attention in bfloat16, with XLA for shapes cuDNN rejects such as an odd
+  token count) wherever attention runs along the token axis without
+  attention dropout; other attention is an XLA einsum.
+  """
+  num_classes: int
+  hidden_size: int
+  patch_size: tuple[int, ...]
+  transformer: Optional[TransformerSize] = None
+  spatial_transformer: Optional[TransformerSize] = None
+  temporal_transformer: Optional[TransformerSize] = None
+  attention_type: str = 'spacetime'
+  attention_order: str = 'time_space'
+  tokenizer: str = '3d_conv'
+  n_sampled_frames: Optional[int] = None
+  kernel_init_method: Optional[str] = None
+  drop_remainder: bool = False
+  classifier: str = 'gap'
+  representation_size: Optional[int] = None
+  positional_embedding: str = 'learned_1d'
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  stochastic_droplayer_rate: float = 0.
+  return_prelogits: bool = False
+  dtype: Any = jnp.float32
+  attention_implementation: Optional[str] = None
+
+  def __post_init__(self):
+    self._validate()
+    super().__post_init__()
+
+  def _validate(self) -> None:
+    """Raises ValueError, saying what to change, for an unusable setup."""
+    _check_choice('config.model.attention_config.type', self.attention_type,
+                  ATTENTION_TYPES)
+    _check_choice('config.model.classifier', self.classifier, CLASSIFIERS)
+    _check_choice('config.model.positional_embedding',
+                  self.positional_embedding, POSITIONAL_EMBEDDINGS)
+    _check_choice('config.model.attention_config.attention_order',
+                  self.attention_order, list(ATTENTION_ORDERS))
+    _check_choice('config.model.temporal_encoding_config.method',
+                  self.tokenizer, ('3d_conv', 'temporal_sampling'))
+    _check_choice('config.model.temporal_encoding_config.kernel_init_method',
+                  self.kernel_init_method,
+                  list(model_utils.TUBELET_INITIALIZERS))
+    _check_choice('config.model.attention_implementation',
+                  self.attention_implementation, ATTENTION_IMPLEMENTATIONS)
+    if self.attention_implementation == 'cudnn' and self.dtype != jnp.bfloat16:
+      raise ValueError(
+          "config.model.attention_implementation='cudnn' (flash attention) "
+          "needs config.model_dtype_str='bfloat16'.")
+    if (self.classifier == 'token'
+        and self.attention_type in TOKENLESS_ATTENTION_TYPES):
+      raise ValueError(
+          f"classifier='token' is not supported with attention type "
+          f"'{self.attention_type}' (as in Scenic): set config.model.classifier"
+          " to 'gap', 'gmp' or 'gsp', or use attention type 'spacetime' or "
+          "'factorized_encoder'.")
+    if self.attention_type == 'factorized_encoder':
+      sizes = {'spatial_transformer': self.spatial_transformer,
+               'temporal_transformer': self.temporal_transformer}
+    else:
+      sizes = {'': self.transformer}
+    for where, size in sizes.items():
+      key = f'config.model.{where + "." if where else ""}num_heads'
+      if size is None:
+        needs = where or 'num_heads, mlp_dim and num_layers'
+        raise ValueError(f"attention type '{self.attention_type}' needs "
+                         f'config.model.{needs}.')
+      if size.num_heads < 1 or self.hidden_size % size.num_heads:
+        raise ValueError(
+            f'{key}={size.num_heads} does not divide hidden_size='
+            f'{self.hidden_size}: use a head count in '
+            f'{model_utils.divisors(self.hidden_size)}, or change '
+            'config.model.hidden_size.')
+    if (self.attention_type == 'factorized_dot_product_attention'
+        and self.transformer.num_heads % 2):
+      raise ValueError(
+          "attention type 'factorized_dot_product_attention' splits the heads "
+          'in half (time, space), so config.model.num_heads must be even; got '
+          f'{self.transformer.num_heads}.')
+
+  def token_grid(self, input_thw: Sequence[int]) -> tuple[int, int, int]:
+    """Tokens along (time, height, width) for clips of shape (T, H, W)."""
+    return model_utils.token_grid(
+        input_thw, self.patch_size, drop_remainder=self.drop_remainder,
+        tokenizer=self.tokenizer, n_sampled_frames=self.n_sampled_frames)
+
+  def _embed(self, x: jax.Array) -> jax.Array:
+    """Clips [B, T, H, W, C] -> token grid [B, t, h, w, hidden_size]."""
+    b, t_in, h_in, w_in, c = x.shape
+    gt, gh, gw = self.token_grid((t_in, h_in, w_in))
+    ph, pw = self.patch_size[:2]
+    if self.tokenizer == 'temporal_sampling':
+      frames = x if gt == t_in else x[:, model_utils.sample_frame_indices(
+          t_in, gt)]
+      y = nn.Conv(self.hidden_size, (ph, pw), strides=(ph, pw),
+                  padding='VALID', dtype=self.dtype, name='embedding')(
+                      frames.reshape(b * gt, h_in, w_in, c))
+      return y.reshape(b, gt, gh, gw, self.hidden_size)
+    pt = self.patch_size[2]
+    kernel_init = model_utils.TUBELET_INITIALIZERS[self.kernel_init_method]()
+    return nn.Conv(self.hidden_size, (pt, ph, pw), strides=(pt, ph, pw),
+                   padding='VALID', kernel_init=kernel_init, dtype=self.dtype,
+                   name='embedding')(x)
+
+  def _encode_and_pool(self, x: jax.Array, grid: tuple[int, int, int],
+                       size: TransformerSize, attention: Any, name: str,
+                       train: bool) -> jax.Array:
+    """[B, N, D] tokens -> [B, D]: class token, encoder `name`, pooling."""
+    b, _, d = x.shape
+    if self.classifier == 'token':
+      cls_name = 'cls' if name == 'Transformer' else f'cls_{name}'
+      cls = self.param(cls_name, nn.initializers.zeros, (1, 1, d), jnp.float32)
+      x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x],
+                          axis=1)
+    x = Encoder(
+        grid=grid, size=size, attention=attention,
+        positional_embedding=self.positional_embedding,
+        dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate,
+        stochastic_droplayer_rate=self.stochastic_droplayer_rate,
+        dtype=self.dtype,
+        attention_implementation=self.attention_implementation,
+        name=name)(x, train=train)
+    if self.classifier == 'token':
+      return x[:, 0]
+    return _POOLS[self.classifier](x, axis=1)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool,
+               return_prelogits: Optional[bool] = None) -> jax.Array:
+    """Logits [B, num_classes] (float32), or the pre-logits representation
+    when return_prelogits (argument, else attribute) is true."""
+    tokens = self._embed(jnp.asarray(x, self.dtype))
+    b, gt, gh, gw, d = tokens.shape
+    if self.attention_type == 'factorized_encoder':
+      frames = self._encode_and_pool(
+          tokens.reshape(b * gt, gh * gw, d), (1, gh, gw),
+          self.spatial_transformer, 'tokens', 'SpatialTransformer', train)
+      x = self._encode_and_pool(
+          frames.reshape(b, gt, d).astype(self.dtype), (gt, 1, 1),
+          self.temporal_transformer, 'tokens', 'TemporalTransformer', train)
+    else:
+      attention = {
+          'spacetime': 'tokens',
+          'factorized_self_attention_block':
+              ATTENTION_ORDERS[self.attention_order],
+          'factorized_dot_product_attention': 'factorized_heads',
+      }[self.attention_type]
+      x = self._encode_and_pool(
+          tokens.reshape(b, gt * gh * gw, d), (gt, gh, gw), self.transformer,
+          attention, 'Transformer', train)
+
+    if self.representation_size is not None:
+      x = nn.tanh(nn.Dense(self.representation_size, name='pre_logits')(x))
+    if self.return_prelogits if return_prelogits is None else return_prelogits:
+      return x
+    return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
+                    dtype=jnp.float32, name='output_projection')(x)
+
+
+def _transformer_size(cfg: ml_collections.ConfigDict) -> TransformerSize:
+  return TransformerSize(num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
+                         num_layers=cfg.num_layers)
+
+
+class ViViTClassificationModel:
+  """Scenic-style n-way video classification model around a ViViT module.
+
+  Attributes:
+    config: the experiment ConfigDict (Scenic keys; see INTERFACES.md).
+    dataset_meta_data: dict with num_classes and, optionally, input_shape
+      (-1, T, H, W, C); with input_shape, bad patch sizes fail here.
+    flax_model: the ViViT module.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               dataset_meta_data: dict):
+    self.config = config
+    self.dataset_meta_data = dataset_meta_data
+    self.flax_model = self.build_flax_model()
+    input_shape = dataset_meta_data.get('input_shape')
+    if input_shape is not None:
+      self.flax_model.token_grid(tuple(input_shape)[1:4])
+
+  def build_flax_model(self) -> ViViT:
+    """The ViViT module for config.model (missing keys: Scenic defaults)."""
+    m = self.config.model
+    dtype_str = self.config.get('model_dtype_str', 'float32')
+    _check_choice('config.model_dtype_str', dtype_str, list(MODEL_DTYPES))
+    attention_config = m.get('attention_config') or ml_collections.ConfigDict()
+    attention_type = attention_config.get('type', 'spacetime')
+    encoding = (m.get('temporal_encoding_config')
+                or ml_collections.ConfigDict())
+    sizes = {}
+    if attention_type == 'factorized_encoder':
+      for key in ('spatial_transformer', 'temporal_transformer'):
+        if m.get(key) is not None:
+          sizes[key] = _transformer_size(m[key])
+    elif all(m.get(k) is not None for k in ('num_heads', 'mlp_dim',
+                                            'num_layers')):
+      sizes['transformer'] = _transformer_size(m)
+    return ViViT(
+        num_classes=self.dataset_meta_data['num_classes'],
+        hidden_size=m.hidden_size,
+        patch_size=tuple(m.patches.size),
+        attention_type=attention_type,
+        attention_order=attention_config.get('attention_order', 'time_space'),
+        tokenizer=encoding.get('method', '3d_conv'),
+        n_sampled_frames=encoding.get('n_sampled_frames'),
+        kernel_init_method=encoding.get('kernel_init_method'),
+        drop_remainder=m.patches.get('drop_remainder', False),
+        classifier=m.get('classifier', 'gap'),
+        representation_size=m.get('representation_size'),
+        positional_embedding=m.get('positional_embedding', 'learned_1d'),
+        dropout_rate=m.get('dropout_rate', 0.1),
+        attention_dropout_rate=m.get('attention_dropout_rate', 0.1),
+        stochastic_droplayer_rate=m.get('stochastic_droplayer_rate', 0.),
+        return_prelogits=m.get('return_prelogits', False),
+        dtype=MODEL_DTYPES[dtype_str],
+        attention_implementation=m.get('attention_implementation'),
+        **sizes)
+
+  def init_variables(self, rng: jax.Array, batch_size: int = 1) -> dict:
+    """Initial variables for inputs of dataset_meta_data['input_shape']."""
+    shape = (batch_size,) + tuple(self.dataset_meta_data['input_shape'])[1:]
+    init = jax.jit(functools.partial(self.flax_model.init, train=False))
+    return init({'params': rng}, jnp.zeros(shape, jnp.float32))
+
+  def loss_function(self, logits: jax.Array, batch: dict,
+                    model_params: Any = None) -> jax.Array:
+    """Mean softmax cross-entropy weighted by batch['batch_mask'] (label
+    smoothing from config.label_smoothing), plus
+    0.5 * config.l2_decay_factor * ||model_params||^2 when that is set."""
+    one_hot = model_utils.as_one_hot(batch['label'], logits)
+    weights = _weights(batch, logits)
+    ce = model_utils.softmax_cross_entropy(
+        logits, one_hot, self.config.get('label_smoothing'))
+    loss = (jnp.sum(jnp.where(weights > 0, ce, 0.) * weights)
+            / jnp.maximum(jnp.sum(weights), 1e-8))
+    l2_decay_factor = self.config.get('l2_decay_factor')
+    if l2_decay_factor:
+      if model_params is None:
+        raise ValueError('config.l2_decay_factor is set, so loss_function '
+                         'needs model_params.')
+      loss = loss + 0.5 * l2_decay_factor * model_utils.l2_norm_squared(
+          model_params)
+    return loss
+
+  def get_metrics_fn(self, split: Optional[str] = None):
+    """fn(logits, batch) -> {name: (sum, count)}, both psum'd over the pmap
+    axis 'batch' and weighted by batch['batch_mask']: 'accuracy',
+    'top_5_accuracy' (more than 5 classes) and 'loss' (unsmoothed CE). The
+    same metrics serve every split."""
+    del split
+    with_top5 = self.dataset_meta_data.get('num_classes', 0) > 5
+
+    def metrics_fn(logits: jax.Array, batch: dict) -> dict:
+      one_hot = model_utils.as_one_hot(batch['label'], logits)
+      weights = _weights(batch, logits)
+      values = {'accuracy': model_utils.topk_correct(logits, one_hot, 1)}
+      if with_top5:
+        values['top_5_accuracy'] = model_utils.topk_correct(logits, one_hot, 5)
+      values['loss'] = model_utils.softmax_cross_entropy(logits, one_hot)
+      count = jax.lax.psum(jnp.sum(weights), 'batch')
+      return {
+          name: (jax.lax.psum(
+              jnp.sum(jnp.where(weights > 0, v, 0.) * weights), 'batch'), count)
+          for name, v in values.items()
+      }
+
+    return metrics_fn
+
+
+def _weights(batch: dict, logits: jax.Array) -> jax.Array:
+  """Per-example weights: batch['batch_mask'], or ones without one."""
+  mask = batch.get('batch_mask')
+  if mask is None:
+    return jnp.ones(logits.shape[:1], jnp.float32)
+  return jnp.asarray(mask, jnp.float32)
+
+
+_MODELS = {'vivit_classification': ViViTClassificationModel}
+
+
+def get_model_cls(model_name: str):
+  """The model class registered under config.model_name."""
+  if model_name not in _MODELS:
+    raise ValueError(f'Unknown model_name {model_name!r}; use one of '
+                     f'{list(_MODELS)}.')
+  return _MODELS[model_name]

@@ -1,0 +1,287 @@
+"""Helpers for the ViViT model: token-grid arithmetic, frame sampling, tubelet
+kernel initialisers, the fixed 3D sin-cos position embedding, attention along
+one axis of a token grid, and the weighted classification losses/metrics."""
+
+from typing import Optional, Sequence
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_DIM_NAMES = ('time', 'height', 'width')
+
+
+def divisors(n: int) -> list[int]:
+  """The positive divisors of n, ascending."""
+  return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def sample_frame_indices(num_frames: int, n_sampled_frames: int) -> np.ndarray:
+  """Indices of `n_sampled_frames` frames spread uniformly over a clip.
+
+  Frame i (1-based) of the sample sits at round(i * num_frames / (n + 1)), the
+  same positions as Scenic's uniform sampler; asking for every frame returns
+  all of them.
+  """
+  if n_sampled_frames < 1 or n_sampled_frames > num_frames:
+    raise ValueError(
+        f'temporal_encoding_config.n_sampled_frames={n_sampled_frames} is out '
+        f'of range for inputs with {num_frames} frames: use a value in '
+        f'[1, {num_frames}].')
+  if n_sampled_frames == num_frames:
+    return np.arange(num_frames)
+  step = num_frames / (n_sampled_frames + 1)
+  idx = np.round(step * np.arange(1, n_sampled_frames + 1)).astype(np.int32)
+  return np.minimum(idx, num_frames - 1)
+
+
+def token_grid(input_thw: Sequence[int],
+               patch_size: Sequence[int],
+               *,
+               drop_remainder: bool = False,
+               tokenizer: str = '3d_conv',
+               n_sampled_frames: Optional[int] = None) -> tuple[int, int, int]:
+  """Number of tokens along (time, height, width) for an input of that shape.
+
+  Args:
+    input_thw: (T, H, W) of the input clip.
+    patch_size: Scenic order (h, w, t); for 'temporal_sampling' (h, w) or
+      (h, w, 1).
+    drop_remainder: if True, trailing voxels that do not fill a patch are
+      dropped (like a VALID convolution); otherwise they raise.
+    tokenizer: '3d_conv' (tubelets) or 'temporal_sampling' (2D patches of
+      uniformly sampled frames).
+    n_sampled_frames: frames kept by 'temporal_sampling'.
+
+  Raises:
+    ValueError: when a patch does not tile the input (and drop_remainder is
+      False) or leaves zero tokens along some dimension.
+  """
+  t_in, h_in, w_in = (int(s) for s in input_thw)
+  if tokenizer == 'temporal_sampling':
+    if len(patch_size) == 3 and patch_size[2] != 1:
+      raise ValueError(
+          "temporal_encoding_config.method='temporal_sampling' embeds each "
+          'sampled frame with 2D patches, so config.model.patches.size must be '
+          f'(h, w) or (h, w, 1); got {tuple(patch_size)}.')
+    if n_sampled_frames is None:
+      raise ValueError(
+          "temporal_encoding_config.method='temporal_sampling' needs "
+          'temporal_encoding_config.n_sampled_frames.')
+    t_tokens = len(sample_frame_indices(t_in, n_sampled_frames))
+    checks = ((1, h_in, patch_size[0]), (2, w_in, patch_size[1]))
+  elif tokenizer == '3d_conv':
+    if len(patch_size) != 3:
+      raise ValueError(
+          "temporal_encoding_config.method='3d_conv' needs "
+          'config.model.patches.size = (h, w, t); got '
+          f'{tuple(patch_size)}.')
+    ph, pw, pt = patch_size
+    t_tokens = None
+    checks = ((0, t_in, pt), (1, h_in, ph), (2, w_in, pw))
+  else:
+    raise ValueError(
+        f'Unknown temporal_encoding_config.method {tokenizer!r}: use '
+        "'3d_conv' or 'temporal_sampling'.")
+
+  counts = {0: t_tokens}
+  for dim, size, patch in checks:
+    name = _DIM_NAMES[dim]
+    if patch < 1 or patch > size:
+      raise ValueError(
+          f'Patch {name} {patch} leaves zero tokens along the {name} '
+          f'dimension of size {size}: config.model.patches.size needs a '
+          f'{name} between 1 and {size} (patches.size is (h, w, t)).')
+    if size % patch and not drop_remainder:
+      raise ValueError(
+          f'Patch {name} {patch} does not tile the input {name} {size} '
+          f'({size} % {patch} = {size % patch}). Patch {name}s that tile it: '
+          f'{divisors(size)}. Change config.model.patches.size (order '
+          '(h, w, t)) or set config.model.patches.drop_remainder=True to '
+          'drop the trailing voxels.')
+    counts[dim] = size // patch
+  return counts[0], counts[1], counts[2]
+
+
+def _check_tubelet_kernel(shape: Sequence[int]) -> None:
+  if len(shape) != 5:
+    raise ValueError('Expected a 5-D (t, h, w, c_in, c_out) kernel, got '
+                     f'{tuple(shape)}.')
+
+
+def central_frame_initializer(base=nn.initializers.lecun_normal()):
+  """Tubelet kernel init that only looks at the central frame of the tubelet.
+
+  The kernel has shape (t, h, w, c_in, c_out); all time slices except t // 2
+  are zero, so at initialisation a tubelet embeds like a 2D patch of its
+  central frame.
+  """
+
+  def init(key, shape, dtype=jnp.float32):
+    _check_tubelet_kernel(shape)
+    kernel = base(key, shape, dtype)
+    centre = jnp.arange(shape[0]) == shape[0] // 2
+    return kernel * centre[:, None, None, None, None].astype(dtype)
+
+  return init
+
+
+def average_frame_initializer(base=nn.initializers.lecun_normal()):
+  """Tubelet kernel init that applies the same 2D filter to every frame.
+
+  Like I3D "filter inflation" without a pretrained 2D filter: one time slice
+  of a kernel drawn for the full 5-D shape (so its scale accounts for all t
+  frames) is repeated along time.
+  """
+
+  def init(key, shape, dtype=jnp.float32):
+    _check_tubelet_kernel(shape)
+    kernel = base(key, shape, dtype)
+    return jnp.broadcast_to(kernel[:1], shape)
+
+  return init
+
+
+TUBELET_INITIALIZERS = {
+    None: nn.initializers.lecun_normal,
+    'central_frame_initializer': central_frame_initializer,
+    'average_frame_initializer': average_frame_initializer,
+}
+
+
+def sinusoidal_3d_position_embedding(grid: Sequence[int],
+                                     channels: int,
+                                     temperature: float = 10_000.
+                                    ) -> np.ndarray:
+  """Fixed sin-cos embedding of (t, h, w) token positions, [t*h*w, channels].
+
+  Each axis gets channels // 6 frequencies (a sin and a cos channel each), in
+  the order time, height, width; channels beyond 6 * (channels // 6) are zero.
+  Rows are in time-major order, matching the flattened token grid.
+  """
+  n_freq = channels // 6
+  if n_freq == 0:
+    raise ValueError(
+        "positional_embedding='sinusoidal_3d' needs hidden_size >= 6, got "
+        f'{channels}.')
+  omega = 1.0 / temperature**(np.arange(n_freq) / n_freq)
+  coords = np.stack(np.meshgrid(*[np.arange(g) for g in grid], indexing='ij'),
+                    axis=-1).reshape(-1, 3)
+  parts = []
+  for axis in range(3):
+    phase = coords[:, axis:axis + 1] * omega[None, :]
+    parts += [np.sin(phase), np.cos(phase)]
+  emb = np.concatenate(parts, axis=1)
+  emb = np.pad(emb, ((0, 0), (0, channels - emb.shape[1])))
+  return emb.astype(np.float32)
+
+
+def dot_product_attention(query: jax.Array,
+                          key: jax.Array,
+                          value: jax.Array,
+                          *,
+                          axis: int = -3,
+                          dropout_rng: Optional[jax.Array] = None,
+                          dropout_rate: float = 0.,
+                          deterministic: bool = True,
+                          implementation: Optional[str] = None) -> jax.Array:
+  """Softmax attention along one token axis of [..., heads, depth] arrays.
+
+  All other leading axes are batch axes. Logits and softmax are float32 (the
+  result has value's dtype). Without attention dropout, attention along the
+  axis next to the heads goes to jax.nn.dot_product_attention (leading axes
+  merged by a free reshape; `implementation` selects its backend, falling
+  back to XLA for shapes it rejects, such as cuDNN with an odd token count);
+  other axes and attention dropout use an einsum over the grid as it lies, so
+  no transpose is written out.
+  """
+  ndim = query.ndim
+  axis = axis % ndim
+  dropout = not deterministic and dropout_rate > 0.
+  if axis == ndim - 3 and not dropout:
+    lead = query.shape[:axis]
+    q, k, v = (a.reshape((-1,) + a.shape[axis:]) for a in (query, key, value))
+    try:
+      out = jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+    except NotImplementedError as err:  # e.g. cuDNN and an odd token count
+      logging.warning('Attention implementation %r rejected shape %s (%s); '
+                      'using XLA.', implementation, q.shape, err)
+      out = jax.nn.dot_product_attention(q, k, v, implementation='xla')
+    return out.reshape(lead + out.shape[1:])
+
+  letters = 'abcdefg'[:ndim - 2]
+  q_idx = letters[:axis] + 'q' + letters[axis + 1:] + 'hd'
+  k_idx = letters[:axis] + 'k' + letters[axis + 1:] + 'hd'
+  w_idx = letters[:axis] + letters[axis + 1:] + 'hqk'
+  logits = jnp.einsum(f'{q_idx},{k_idx}->{w_idx}', query, key,
+                      preferred_element_type=jnp.float32)
+  weights = jax.nn.softmax(logits / np.sqrt(query.shape[-1]), axis=-1)
+  if dropout:
+    keep = jax.random.bernoulli(dropout_rng, 1. - dropout_rate, weights.shape)
+    weights = jnp.where(keep, weights / (1. - dropout_rate), 0.)
+  return jnp.einsum(f'{w_idx},{k_idx}->{q_idx}', weights.astype(value.dtype),
+                    value)
+
+
+def factorized_dot_product_attention(query: jax.Array,
+                                     key: jax.Array,
+                                     value: jax.Array,
+                                     *,
+                                     dropout_rng: Optional[jax.Array] = None,
+                                     dropout_rate: float = 0.,
+                                     deterministic: bool = True,
+                                     implementation: Optional[str] = None
+                                    ) -> jax.Array:
+  """ViViT Model 4 attention on [batch, time, space, heads, depth] arrays.
+
+  The first half of the heads attends over time (tokens at the same spatial
+  position), the second half over space (tokens of the same time index), as
+  in Scenic; the halves are concatenated back along the heads axis.
+  """
+  half = query.shape[-2] // 2
+  rngs = (jax.random.split(dropout_rng) if dropout_rng is not None
+          else (None, None))
+  outs = []
+  for axis, heads, rng in ((1, slice(None, half), rngs[0]),
+                           (2, slice(half, None), rngs[1])):
+    outs.append(dot_product_attention(
+        query[..., heads, :], key[..., heads, :], value[..., heads, :],
+        axis=axis, dropout_rng=rng, dropout_rate=dropout_rate,
+        deterministic=deterministic, implementation=implementation))
+  return jnp.concatenate(outs, axis=-2)
+
+
+def as_one_hot(labels: jax.Array, logits: jax.Array) -> jax.Array:
+  """Targets as one-hot: labels shaped like logits are taken as one-hot
+  already, labels with one axis fewer as integer class ids."""
+  labels = jnp.asarray(labels)
+  if labels.ndim == logits.ndim:
+    return labels
+  return jax.nn.one_hot(labels, logits.shape[-1])
+
+
+def softmax_cross_entropy(logits: jax.Array,
+                          one_hot: jax.Array,
+                          label_smoothing: Optional[float] = None
+                         ) -> jax.Array:
+  """Per-example cross-entropy; smoothing mixes in ls / num_classes."""
+  if label_smoothing:
+    num_classes = one_hot.shape[-1]
+    one_hot = (1. - label_smoothing) * one_hot + label_smoothing / num_classes
+  return -jnp.sum(one_hot * jax.nn.log_softmax(logits.astype(jnp.float32)),
+                  axis=-1)
+
+
+def topk_correct(logits: jax.Array, one_hot: jax.Array, k: int) -> jax.Array:
+  """1.0 where the target class is among the k highest logits."""
+  _, top = jax.lax.top_k(logits, k)
+  target = jnp.argmax(one_hot, axis=-1)
+  return jnp.any(top == target[:, None], axis=-1).astype(jnp.float32)
+
+
+def l2_norm_squared(params) -> jax.Array:
+  """Sum of squares of every leaf of a parameter tree."""
+  return sum(jnp.sum(jnp.square(p.astype(jnp.float32)))
+             for p in jax.tree_util.tree_leaves(params))
