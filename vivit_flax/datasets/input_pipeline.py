@@ -1,0 +1,145 @@
+"""Host-side batch iterators over in-memory numpy arrays, and prefetching onto local devices.
+
+Examples are `[N, T, H, W, C]` arrays (a MedMNIST volume `[N, D, H, W]` enters as `[N, D, H, W, 1]`: its
+depth axis D is the time axis T). Batches are dicts of numpy arrays shaped for pmap:
+  'inputs'     float32 [local_devices, per_device_batch, T, H, W, C] in [0, 1]
+               (uint8 is scaled by 1/255 per batch; float data is passed through as float32),
+  'label'      float32 one-hot [local_devices, per_device_batch, num_classes],
+  'batch_mask' float32 [local_devices, per_device_batch] (0 marks evaluation padding).
+
+Training order: epoch e visits np.random.default_rng([seed, e]).permutation(N); global step s takes
+perm[i*B:(i+1)*B] with i = s % steps_per_epoch (the last N % B examples of each epoch are dropped), and process
+p takes the p-th contiguous 1/P of that global batch, so the global order does not depend on the process
+count. Evaluation pads the split to a multiple of the global batch with masked, all-zero examples.
+
+Each batch is a pure function of its step, so `num_workers` threads build the next batches ahead of use
+(numpy releases the GIL while gathering and converting); the order of the batches never depends on them.
+"""
+
+import collections
+import concurrent.futures
+import functools
+import itertools
+import os
+
+import jax
+import numpy as np
+
+
+def per_device_batch_size(batch_size, process_count, local_device_count):
+  """The per-device batch size; raises ValueError unless the global batch splits evenly over all devices."""
+  devices = process_count * local_device_count
+  if batch_size <= 0 or batch_size % devices:
+    raise ValueError(f'Global batch size {batch_size} must be a positive multiple of process_count * '
+                     f'local_device_count = {process_count} * {local_device_count} = {devices}.')
+  return batch_size // devices
+
+
+def _check_process(process_index, process_count):
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} is not in [0, {process_count}).')
+
+
+def default_num_workers():
+  """Host threads building batches: half the CPU cores, at least 1 and at most 8."""
+  return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+def _ordered_map(fn, items, num_workers):
+  """Yields fn(item) for each item, in order, computing up to 2 * num_workers results ahead on threads."""
+  pool = concurrent.futures.ThreadPoolExecutor(num_workers, thread_name_prefix='input_pipeline')
+  items = iter(items)
+  try:
+    pending = collections.deque(pool.submit(fn, item) for item in itertools.islice(items, 2 * num_workers))
+    while pending:
+      result = pending.popleft().result()
+      pending.extend(pool.submit(fn, item) for item in itertools.islice(items, 1))
+      yield result
+  finally:
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _make_batch(images, labels, idx, valid, eye, local_device_count):
+  """Gathers examples `idx` into a device-shaped batch; rows where `valid` is False become zero padding."""
+  x = images[idx]
+  if x.dtype == np.uint8:
+    x = np.multiply(x, np.float32(1 / 255), dtype=np.float32)
+  else:
+    x = x.astype(np.float32)
+  onehot = eye[labels[idx]]
+  mask = valid.astype(np.float32)
+  if not valid.all():
+    x[~valid] = 0
+    onehot[~valid] = 0
+  lead = (local_device_count, -1)
+  return {'inputs': x.reshape(lead + x.shape[1:]), 'label': onehot.reshape(lead + onehot.shape[1:]),
+          'batch_mask': mask.reshape(lead)}
+
+
+def train_iterator(images, labels, *, num_classes, batch_size, seed, start_step=0, process_index=0,
+                   process_count=1, local_device_count=1, num_workers=None):
+  """Infinite training batches of this process, from global step `start_step` on (see module doc)."""
+  _check_process(process_index, process_count)
+  per_device_batch_size(batch_size, process_count, local_device_count)
+  n = len(labels)
+  steps_per_epoch = n // batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f'The training split has {n} examples, fewer than one global batch of {batch_size}.')
+  if seed < 0 or start_step < 0:
+    raise ValueError(f'seed ({seed}) and start_step ({start_step}) must be non-negative.')
+  per_process = batch_size // process_count
+  offset = process_index * per_process
+  eye = np.eye(num_classes, dtype=np.float32)
+  valid = np.ones(per_process, bool)
+  permutation = functools.lru_cache(maxsize=2)(lambda e: np.random.default_rng([seed, e]).permutation(n))
+
+  def batch(step):
+    epoch, i = divmod(step, steps_per_epoch)
+    start = i * batch_size + offset
+    idx = permutation(epoch)[start:start + per_process]
+    return _make_batch(images, labels, idx, valid, eye, local_device_count)
+
+  return _ordered_map(batch, itertools.count(start_step), num_workers or default_num_workers())
+
+
+def num_eval_steps(num_examples, batch_size):
+  """Number of (padded) global evaluation batches covering `num_examples`."""
+  return -(-num_examples // batch_size)
+
+
+def eval_iterator(images, labels, *, num_classes, batch_size, process_index=0, process_count=1,
+                  local_device_count=1, num_workers=None):
+  """Finite evaluation batches of this process; over all processes every example appears exactly once."""
+  _check_process(process_index, process_count)
+  per_device_batch_size(batch_size, process_count, local_device_count)
+  n = len(labels)
+  per_process = batch_size // process_count
+  eye = np.eye(num_classes, dtype=np.float32)
+
+  def batch(step):
+    positions = np.arange(per_process) + step * batch_size + process_index * per_process
+    valid = positions < n
+    return _make_batch(images, labels, np.minimum(positions, n - 1), valid, eye, local_device_count)
+
+  return _ordered_map(batch, range(num_eval_steps(n, batch_size)), num_workers or default_num_workers())
+
+
+def prefetch_to_device(iterator, size, devices=None):
+  """Yields the batches of `iterator` as device arrays sharded along their leading (local device) axis.
+
+  `devices` defaults to jax.local_devices() (pmap's order). `size` batches are kept in flight, so
+  host-to-device copies overlap the computation.
+  """
+  devices = jax.local_devices() if devices is None else devices
+  mesh = jax.sharding.Mesh(np.array(devices), ('batch',))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('batch'))
+  queue = collections.deque()
+
+  def enqueue(k):
+    for batch in itertools.islice(iterator, k):
+      queue.append(jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), batch))
+
+  enqueue(max(size, 1))
+  while queue:
+    yield queue.popleft()
+    enqueue(1)
