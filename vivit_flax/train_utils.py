@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax import jax_utils
 from flax.training import train_state as flax_train_state
 
 Batch = dict[str, jnp.ndarray]
@@ -164,10 +163,13 @@ def eval_step(state: TrainState, batch: Batch, *,
 def replicate(tree):
   """`tree` copied to every local device, laid out exactly as the pmapped steps return it.
 
-  Passing the state through a pmapped identity gives it the steps' own output sharding,
+  Passing the host copies through a pmapped identity gives them the steps' own output sharding,
   so the second train step hits the first one's compilation instead of compiling again.
   """
-  return jax.pmap(lambda x: x, axis_name=AXIS_NAME)(jax_utils.replicate(tree))
+  n = jax.local_device_count()
+  stacked = jax.tree_util.tree_map(lambda x: np.broadcast_to(x, (n,) + np.shape(x)),
+                                   jax.device_get(tree))
+  return jax.pmap(lambda x: x, axis_name=AXIS_NAME)(stacked)
 
 
 def unreplicate(tree):
