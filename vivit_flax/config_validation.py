@@ -1,16 +1,26 @@
-"""Checks a config before anything is compiled: unknown keys, types, values, batch and patch sizes.
+"""Checks a config before anything is compiled: keys, types, values, batch sizes, data files, model.
 
 Every problem raises `ConfigError` with a message that says what to change. The schema
 below lists every key the project reads, with its accepted types; keys that only Scenic's
-configs carry (augmentation, multicrop evaluation, ...) are accepted and ignored.
+configs carry (augmentation, multicrop evaluation, ...) are accepted and ignored. Rules that
+belong to another module are not restated here: the dataset modules resolve data paths and
+report missing files, the model checks its own options and, traced abstractly on the
+dataset's input shape, whether its patches tile the input, and train_utils checks the
+learning-rate schedule and optimizer.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
+
+from vivit_flax import model, model_utils, train_utils
+from vivit_flax.datasets import medmnist3d, npz_video, synthetic
 
 _INT = (int,)
 _NUM = (int, float)
@@ -18,6 +28,7 @@ _STR = (str,)
 _BOOL = (bool,)
 _NONE = (type(None),)
 _SEQ = (tuple, list)
+_TRANSFORMER = {'num_heads': _INT, 'mlp_dim': _INT, 'num_layers': _INT}
 
 
 class ConfigError(ValueError):
@@ -30,8 +41,8 @@ SCHEMA: dict[str, Any] = {
     'dataset_name': _STR,
     'dataset_configs': {
         'name': _STR, 'size': _INT, 'data_dir': _STR + _NONE, 'download': _BOOL,
-        'path': _STR + _NONE, 'prefetch_to_device': _INT, 'seed': _INT,
-        'num_train': _INT, 'num_val': _INT, 'num_test': _INT,
+        'path': _STR + _NONE, 'prefetch_to_device': _INT, 'num_workers': _INT + _NONE,
+        'seed': _INT, 'num_train': _INT, 'num_val': _INT, 'num_test': _INT,
         # Scenic video-dataset keys, accepted so its configs load unchanged.
         'base_dir': '*', 'tables': '*', 'examples_per_subset': '*', 'num_classes': '*',
         'num_frames': '*', 'stride': '*', 'min_resize': '*', 'crop_size': '*',
@@ -47,11 +58,11 @@ SCHEMA: dict[str, Any] = {
         'classifier': _STR, 'representation_size': _INT + _NONE,
         'dropout_rate': _NUM, 'attention_dropout_rate': _NUM, 'stochastic_droplayer_rate': _NUM,
         'positional_embedding': _STR,
-        'temporal_encoding_config': {'method': _STR, 'n_sampled_frames': _INT,
+        'temporal_encoding_config': {'method': _STR, 'n_sampled_frames': _INT + _NONE,
                                      'kernel_init_method': _STR + _NONE},
         'attention_config': {'type': _STR, 'attention_order': _STR},
-        'spatial_transformer': {'num_heads': _INT, 'mlp_dim': _INT, 'num_layers': _INT},
-        'temporal_transformer': {'num_heads': _INT, 'mlp_dim': _INT, 'num_layers': _INT},
+        'spatial_transformer': _TRANSFORMER, 'temporal_transformer': _TRANSFORMER,
+        'attention_implementation': _STR + _NONE,
         'return_prelogits': _BOOL,
     },
     'model_dtype_str': _STR,
@@ -62,7 +73,7 @@ SCHEMA: dict[str, Any] = {
     'l2_decay_factor': _NUM + _NONE,
     'max_grad_norm': _NUM + _NONE,
     'label_smoothing': _NUM + _NONE,
-    'num_training_epochs': _INT,
+    'num_training_epochs': _INT + _NONE,
     'num_training_steps': _INT + _NONE,
     'batch_size': _INT,
     'eval_batch_size': _INT + _NONE,
@@ -76,35 +87,50 @@ SCHEMA: dict[str, Any] = {
     'write_summary': _BOOL,
     'checkpoint': _BOOL,
     'stop_on_nan': _BOOL,
+    'deterministic': _BOOL,
     'init_from': '*',
     'multicrop_clips_per_device': '*',
     'debug_train': _BOOL,
     'debug_eval': _BOOL,
 }
 
+REQUIRED = ('dataset_name', 'dataset_configs', 'model_name', 'model.hidden_size',
+            'model.patches.size', 'optimizer', 'lr_configs.base_learning_rate', 'batch_size',
+            'rng_seed')
+
+# Choices the model module defines are taken from it, so the two cannot drift apart.
 CHOICES = {
     'dataset_name': ('medmnist3d', 'synthetic3d', 'npz_video'),
     'model_name': ('vivit_classification',),
-    'model_dtype_str': ('float32', 'bfloat16'),
+    'model_dtype_str': tuple(model.MODEL_DTYPES),
     'data_dtype_str': ('float32',),
     'optimizer': ('adam', 'adamw', 'momentum'),
-    'model.classifier': ('token', 'gap', 'gmp', 'gsp'),
-    'model.positional_embedding': ('learned_1d', 'sinusoidal_3d', 'none'),
-    'model.attention_config.type': ('spacetime', 'factorized_encoder',
-                                    'factorized_self_attention_block',
-                                    'factorized_dot_product_attention'),
-    'model.attention_config.attention_order': ('spatial_temporal', 'temporal_spatial'),
+    'model.classifier': model.CLASSIFIERS,
+    'model.positional_embedding': model.POSITIONAL_EMBEDDINGS,
+    'model.attention_config.type': model.ATTENTION_TYPES,
+    'model.attention_config.attention_order': tuple(model.ATTENTION_ORDERS),
     'model.temporal_encoding_config.method': ('3d_conv', 'temporal_sampling'),
-    'model.temporal_encoding_config.kernel_init_method': (
-        None, 'central_frame_initializer', 'average_frame_initializer'),
+    'model.temporal_encoding_config.kernel_init_method': tuple(model_utils.TUBELET_INITIALIZERS),
+    'model.attention_implementation': model.ATTENTION_IMPLEMENTATIONS,
 }
 
 POSITIVE = ('batch_size', 'eval_batch_size', 'num_training_epochs', 'num_training_steps',
             'model.hidden_size', 'model.num_heads', 'model.mlp_dim', 'model.num_layers',
-            'lr_configs.base_learning_rate', 'log_summary_steps', 'log_eval_steps',
-            'checkpoint_steps', 'max_checkpoints_to_keep', 'max_grad_norm')
-RATES = ('model.dropout_rate', 'model.attention_dropout_rate', 'model.stochastic_droplayer_rate',
-         'label_smoothing')
+            'model.representation_size', 'model.spatial_transformer.num_heads',
+            'model.spatial_transformer.mlp_dim', 'model.spatial_transformer.num_layers',
+            'model.temporal_transformer.num_heads', 'model.temporal_transformer.mlp_dim',
+            'model.temporal_transformer.num_layers', 'lr_configs.base_learning_rate',
+            'lr_configs.steps_per_cycle', 'log_summary_steps', 'log_eval_steps',
+            'checkpoint_steps', 'max_checkpoints_to_keep', 'max_grad_norm',
+            'dataset_configs.num_workers', 'dataset_configs.prefetch_to_device')
+NON_NEGATIVE = ('lr_configs.warmup_steps', 'l2_decay_factor', 'optimizer_configs.weight_decay',
+                'optimizer_configs.epsilon', 'optimizer_configs.momentum')
+FRACTIONS = ('model.dropout_rate', 'model.attention_dropout_rate',
+             'model.stochastic_droplayer_rate', 'label_smoothing', 'optimizer_configs.beta1',
+             'optimizer_configs.beta2')
+# jax.random.PRNGKey keeps 32 bits of the seed: larger seeds repeat smaller ones.
+MAX_SEED = 2**32 - 1
+_MISSING = object()
 
 
 def _type_names(types) -> str:
@@ -146,31 +172,39 @@ def _get(config, path: str, default=None):
   return node
 
 
+def _check_choice(path: str, value, allowed) -> None:
+  if value not in allowed:
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    hint = f' Did you mean {close[0]!r}?' if close else ''
+    raise ConfigError(f'config.{path}={value!r} is not one of '
+                      f'{", ".join(repr(a) for a in allowed)}.{hint}')
+
+
 def _check_values(config: ml_collections.ConfigDict) -> None:
+  for path in REQUIRED:
+    if _get(config, path, _MISSING) in (_MISSING, None):
+      raise ConfigError(f'config.{path} is missing; set it in the config file.')
+  if not (config.get('num_training_steps') or config.get('num_training_epochs')):
+    raise ConfigError('Set config.num_training_steps or config.num_training_epochs.')
   for path, allowed in CHOICES.items():
-    value = _get(config, path, allowed[0])
-    if value not in allowed:
-      close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-      hint = f' Did you mean {close[0]!r}?' if close else ''
-      raise ConfigError(f'config.{path}={value!r} is not one of '
-                        f'{", ".join(repr(a) for a in allowed)}.{hint}')
+    _check_choice(path, _get(config, path, allowed[0]), allowed)
   for path in POSITIVE:
     value = _get(config, path)
     if value is not None and value <= 0:
       raise ConfigError(f'config.{path}={value!r} must be positive.')
-  for path in RATES:
+  for path in NON_NEGATIVE:
+    value = _get(config, path)
+    if value is not None and value < 0:
+      raise ConfigError(f'config.{path}={value!r} must be zero or positive.')
+  for path in FRACTIONS:
     value = _get(config, path)
     if value is not None and not 0 <= value < 1:
       raise ConfigError(f'config.{path}={value!r} must be in [0, 1).')
-  hidden, heads = _get(config, 'model.hidden_size'), _get(config, 'model.num_heads')
-  if hidden and heads and hidden % heads:
-    divisors = [h for h in range(1, hidden + 1) if hidden % h == 0 and h <= 64]
-    raise ConfigError(f'config.model.num_heads={heads} does not divide config.model.hidden_size='
-                      f'{hidden}; use one of {divisors}.')
-  size = _get(config, 'model.patches.size')
-  if size is not None and (len(size) != 3 or any(not isinstance(s, int) or s <= 0 for s in size)):
-    raise ConfigError(f'config.model.patches.size={tuple(size)!r} must be three positive ints '
-                      '(height, width, time).')
+  if not 0 <= config.rng_seed <= MAX_SEED:
+    raise ConfigError(f'config.rng_seed={config.rng_seed} must be in [0, {MAX_SEED}].')
+  size = config.model.patches.size
+  if not size or any(isinstance(s, bool) or not isinstance(s, int) for s in size):
+    raise ConfigError(f'config.model.patches.size={tuple(size)!r} must be ints (h, w, t).')
 
 
 def check_batch_sizes(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -184,11 +218,68 @@ def check_batch_sizes(config: ml_collections.ConfigDict, num_devices: int) -> No
           f'a multiple of {num_devices} such as {lower} or {lower + num_devices}.')
 
 
+def _check_data_files(config: ml_collections.ConfigDict) -> None:
+  """A data file that is missing and will not be fetched or generated fails with its loader's error."""
+  dataset_configs = config.dataset_configs
+  try:
+    if config.dataset_name == 'medmnist3d':
+      file_name, _, _ = medmnist3d.file_info(dataset_configs.get('name'),
+                                             dataset_configs.get('size', 28))
+      path = os.path.join(npz_video.resolve_data_dir(dataset_configs.get('data_dir')), file_name)
+      if not os.path.exists(path) and not dataset_configs.get('download', False):
+        medmnist3d.load(dataset_configs)  # Raises its FileNotFoundError: the path and the fix.
+    elif config.dataset_name == 'npz_video':
+      if not os.path.exists(os.path.expanduser(dataset_configs.get('path') or '')):
+        npz_video.load(dataset_configs)  # Raises: no path set, or the file does not exist.
+  except (ValueError, OSError) as error:
+    raise ConfigError(str(error)) from error
+
+
+def _input_shape(config: ml_collections.ConfigDict) -> tuple[int, ...] | None:
+  """(-1, T, H, W, C) of the dataset's examples when the config alone fixes it, else None."""
+  if config.dataset_name == 'medmnist3d':
+    size = config.dataset_configs.get('size', 28)
+    return (-1, size, size, size, 1)
+  if config.dataset_name == 'synthetic3d':
+    return (-1, synthetic.SIZE, synthetic.SIZE, synthetic.SIZE, 1)
+  return None
+
+
+def _check_model(config: ml_collections.ConfigDict) -> None:
+  """Builds the model; where the input shape is known, traces its init and train-mode call
+  abstractly (jax.eval_shape: shapes only, nothing compiled or computed)."""
+  if (_get(config, 'model.attention_implementation') == 'cudnn'
+      and jax.devices()[0].platform != 'gpu'):
+    raise ConfigError("config.model.attention_implementation='cudnn' needs NVIDIA GPUs; this run "
+                      f"has {jax.devices()[0].platform} devices. Use None or 'xla'.")
+  shape = _input_shape(config)
+  where = (f' (the inputs of dataset_name={config.dataset_name!r} are '
+           f'{"x".join(map(str, shape[1:4]))} volumes)' if shape else '')
+  try:
+    # num_classes only sizes the output layer; the dataset supplies the real count later.
+    vivit = model.get_model_cls(config.model_name)(
+        config, {'num_classes': 2} | ({'input_shape': shape} if shape else {}))
+    if shape:
+      jax.eval_shape(lambda x: vivit.flax_model.init(
+          {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)}, x, train=True),
+                     jax.ShapeDtypeStruct((1,) + shape[1:], jnp.float32))
+  except (ValueError, TypeError) as error:
+    raise ConfigError(f'{error}{where}') from error
+
+
+def _check_training(config: ml_collections.ConfigDict) -> None:
+  """The learning-rate schedule and optimizer, built by the functions the trainer uses."""
+  try:
+    train_utils.create_optimizer(config, train_utils.create_learning_rate_fn(config, 1))
+  except ValueError as error:
+    raise ConfigError(str(error)) from error
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-  """Raises ConfigError for the first problem found in `config`."""
+  """Raises ConfigError for the first problem found in `config` (`num_devices`: default all)."""
   _check_keys(config, SCHEMA, '')
   _check_values(config)
-  if num_devices is None:
-    import jax  # pylint: disable=g-import-not-at-top
-    num_devices = jax.device_count()
-  check_batch_sizes(config, num_devices)
+  check_batch_sizes(config, jax.device_count() if num_devices is None else num_devices)
+  _check_data_files(config)
+  _check_model(config)
+  _check_training(config)

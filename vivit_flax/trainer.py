@@ -19,12 +19,12 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from vivit_flax import checkpoints, datasets, evaluation, model, train_utils
+from vivit_flax import checkpoints, datasets, evaluation, model, pretrained, report, train_utils
 from vivit_flax.datasets import input_pipeline
 
 
 class NonFiniteLossError(FloatingPointError):
-  """Training produced a NaN or infinite loss."""
+  """Training produced a NaN or infinite loss or gradient."""
 
 
 class PreemptionGuard:
@@ -53,12 +53,17 @@ class PreemptionGuard:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _first_nonfinite_loss(metrics_list, first_step: int) -> tuple[int, float] | None:
-  """(step, loss) of the first step in `metrics_list` whose loss is NaN or infinite."""
-  losses = jax.device_get([m['loss'][0][0] / m['loss'][1][0] for m in metrics_list])
-  for offset, loss in enumerate(losses):
-    if not np.isfinite(loss):
-      return first_step + offset, float(loss)
+def _first_nonfinite(metrics_list, first_step: int) -> tuple[int, str, float] | None:
+  """(step, name, value) of the first step in `metrics_list` whose loss or gradient norm is
+  NaN or infinite. A non-finite gradient makes the parameters of that same step non-finite,
+  before any loss shows it."""
+  names = ('loss', 'grad_norm')
+  host = jax.device_get([{name: m[name] for name in names} for m in metrics_list])
+  for offset, metrics in enumerate(host):
+    for name in names:
+      value = metrics[name][0][0] / metrics[name][1][0]
+      if not np.isfinite(value):
+        return first_step + offset, name, float(value)
   return None
 
 
@@ -105,6 +110,7 @@ class Trainer:
     if int(state.step) > 0:
       logging.info('Resuming from the checkpoint of step %d in %s.', int(state.step), self.workdir)
     else:
+      state = state.replace(params=pretrained.apply_init_from(self.model, state.params))
       parameter_overview.log_parameter_overview(state.params)
     write_config(self.config, self.workdir)
     return state
@@ -123,16 +129,17 @@ class Trainer:
     return results, predictions
 
   def flush_train_metrics(self, metrics_list, first_step: int, step: int) -> None:
-    """Writes the mean train metrics since the last flush; stops on a non-finite loss."""
+    """Writes the mean train metrics since the last flush; stops on a non-finite loss or gradient."""
     if not metrics_list:
       return
-    bad = _first_nonfinite_loss(metrics_list, first_step)
+    bad = _first_nonfinite(metrics_list, first_step)
     if bad is not None and self.config.get('stop_on_nan', True):
+      bad_step, name, value = bad
       raise NonFiniteLossError(
-          f'The training loss is {bad[1]} at step {bad[0]}. The run stopped without writing a '
-          'checkpoint of this state; the last good checkpoint is kept. Lower '
-          'lr_configs.base_learning_rate, set max_grad_norm, or use model_dtype_str=float32; '
-          'set stop_on_nan=False to train on regardless.')
+          f'The training {"loss" if name == "loss" else "gradient norm"} is {value} at step '
+          f'{bad_step}. The run stopped without writing a checkpoint of this state; the last good '
+          'checkpoint is kept. Lower lr_configs.base_learning_rate, set max_grad_norm, or use '
+          'model_dtype_str=float32; set stop_on_nan=False to train on regardless.')
     summary = train_utils.summarize_metrics(metrics_list)
     self.writer.write_scalars(step, {f'train_{k}': v for k, v in summary.items()})
 
@@ -188,26 +195,56 @@ class Trainer:
                'steps': self.total_steps, 'train_seconds': train_seconds,
                'num_devices': jax.device_count()}
     for split in ('validation', 'test'):
-      scores, _ = self.evaluate(state, split, self.total_steps)
+      scores, predictions = self.evaluate(state, split, self.total_steps)
       results[split] = scores
+      matrix_image = report.confusion_matrix_image(predictions['confusion_matrix'],
+                                                   self.meta['label_names'])
+      self.writer.write_images(self.total_steps, {f'{split}_confusion_matrix': matrix_image[None]})
       logging.info('%s: %s', split, json.dumps(scores))
     if self.is_chief:
-      with open(os.path.join(self.workdir, 'results.json'), 'w') as f:
-        json.dump(results, f, indent=2)
+      _write_atomic(os.path.join(self.workdir, 'results.json'), json.dumps(results, indent=2))
     self.writer.flush()
     return results
 
 
+def _write_atomic(path: str, text: str) -> None:
+  """Writes `path` through a temporary file renamed over it: a crash or a full disk leaves the
+  previous version whole."""
+  with open(f'{path}.tmp', 'w') as f:
+    f.write(text)
+  os.replace(f'{path}.tmp', path)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  """A nested dict as {'a.b': leaf}."""
+  flat = {}
+  for key, value in tree.items():
+    flat.update(_flatten(value, f'{prefix}{key}.') if isinstance(value, dict)
+                else {f'{prefix}{key}': value})
+  return flat
+
+
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Saves the run's config as `<workdir>/config.json` (process 0 only).
+  """Saves the run's config as `<workdir>/config.json` (process 0 only), warning about the
+  keys in which it differs from the config.json already there (what a resumed run changed).
 
   Called once the workdir's checkpoint, if any, was found to fit this config, so a
   rejected config never overwrites the one the checkpoint was trained with.
   """
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+  if jax.process_index() != 0:
+    return
+  path, text = os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2)
+  try:
+    with open(path) as f:
+      old, new = _flatten(json.load(f)), _flatten(json.loads(text))
+  except (OSError, ValueError):  # No config.json yet, or an unreadable one: nothing to compare.
+    old = new = {}
+  changed = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+  if changed:
+    logging.warning('This run\'s config differs from the previous one in %s, which it '
+                    'replaces, in: %s.', path, ', '.join(changed))
+  os.makedirs(workdir, exist_ok=True)
+  _write_atomic(path, text)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
