@@ -165,11 +165,11 @@ _INSIDE_OUTSIDE = {
     'model.num_heads': ([3], [0]),  # 3 divides hidden_size 12 only.
     'model.patches.size': ([(14, 7, 28), (5, 7, 7), (7, 7)], [(7, 7, 29), (0, 7, 7)]),
     'model.patches.drop_remainder': ([True], []),  # Makes (5, 7, 7) valid.
-    'model.temporal_encoding_config.method': (['temporal_sampling'], []),  # Patches (h, w).
+    'model.temporal_encoding_config.method': (['temporal_sampling'], []),  # Needs (h, w).
     'model.temporal_encoding_config.n_sampled_frames': ([4], [0, 29]),
-    'model.classifier': (['token'], []),  # Not with the factorized attention types.
+    'model.classifier': (['token'], []),  # Not with Models 3 and 4 (next key).
     'model.attention_config.type': (['factorized_self_attention_block',
-                                     'factorized_dot_product_attention'], []),  # Even heads.
+                                     'factorized_dot_product_attention'], []),  # 4: even heads.
     'model.positional_embedding': (['sinusoidal_3d'], []),
     'model.dropout_rate': ([0.5], [1.0]),
     'batch_size': ([4], [3]),

@@ -85,4 +85,5 @@ def get_config():
   config.write_summary = True
   config.checkpoint = True
   config.stop_on_nan = True
+  config.deterministic = False  # True: also fixed reduction order on GPUs (slower).
   return config
