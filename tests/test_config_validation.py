@@ -50,6 +50,17 @@ def test_medmnist_config_passes_when_its_file_will_be_downloaded():
   validate(config, num_devices=1)
 
 
+@pytest.mark.parametrize('name', sorted(
+    f[:-3] for f in os.listdir(os.path.join(REPO, 'configs', 'organmnist3d'))
+    if f.endswith('.py') and f != '__init__.py'))
+def test_every_organmnist3d_config_validates(name):
+  """Each shipped experiment builds its model on OrganMNIST3D's shapes (no file needed)."""
+  module = __import__(f'configs.organmnist3d.{name}', fromlist=['get_config'])
+  config = module.get_config()
+  config.dataset_configs.download = True
+  validate(config, num_devices=1)
+
+
 def test_unknown_keys_suggest_the_intended_key():
   config = _smoke()
   config.batch_szie = 8
