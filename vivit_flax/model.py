@@ -71,6 +71,20 @@ def _attention_fn(mode: str, implementation: Optional[str]):
   return attention_fn
 
 
+class Dropout(nn.Module):
+  """Inverted dropout (like nn.Dropout) whose mask comes from
+  model_utils.dropout_keep_mask, half the random bits of nn.Dropout's."""
+  rate: float = 0.
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+    if deterministic or not self.rate:
+      return x
+    keep, scale = model_utils.dropout_keep_mask(self.make_rng('dropout'),
+                                                self.rate, x.shape)
+    return jnp.where(keep, x * jnp.asarray(scale, x.dtype), 0)
+
+
 class MlpBlock(nn.Module):
   """Transformer feed-forward block: Dense, GELU, dropout, Dense, dropout."""
   mlp_dim: int
@@ -84,9 +98,9 @@ class MlpBlock(nn.Module):
         kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.normal(stddev=1e-6))
     y = nn.gelu(dense(self.mlp_dim, name='Dense_0')(x))
-    y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    y = Dropout(self.dropout_rate)(y, deterministic=deterministic)
     y = dense(x.shape[-1], name='Dense_1')(y)
-    return nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    return Dropout(self.dropout_rate)(y, deterministic=deterministic)
 
 
 class DropPath(nn.Module):
@@ -139,12 +153,44 @@ class EncoderBlock(nn.Module):
           attention_fn=_attention_fn(mode, self.attention_implementation),
           name=f'MultiHeadDotProductAttention_{suffix}')(
               y, deterministic=deterministic)
-      y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+      y = Dropout(self.dropout_rate)(y, deterministic=deterministic)
       x = x + DropPath(self.droplayer_p)(y, deterministic=deterministic)
     y = nn.LayerNorm(dtype=self.dtype, name=mlp_names[0])(x)
     y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype,
                  name=mlp_names[1])(y, deterministic=deterministic)
     return x + DropPath(self.droplayer_p)(y, deterministic=deterministic)
+
+
+class PatchEmbedding(nn.Module):
+  """Linear embedding of non-overlapping (t, h, w) patches of [B, T, H, W, C]
+  clips into [B, T/t, H/h, W/w, features]: a VALID convolution with stride =
+  kernel (trailing voxels dropped), with nn.Conv's parameters ('kernel'
+  [t, h, w, C, features], or [h, w, C, features] when kernel_dims=2 and
+  t=1, and 'bias'), computed as one patch-matrix product, whose gradient XLA
+  computes far faster on CPU than a strided convolution's."""
+  features: int
+  patch: tuple[int, int, int]
+  kernel_dims: int = 3
+  kernel_init: Any = nn.initializers.lecun_normal()
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, c = x.shape[0], x.shape[-1]
+    grid = [s // p for s, p in zip(x.shape[1:4], self.patch)]
+    kernel = self.param('kernel', self.kernel_init,
+                        self.patch[3 - self.kernel_dims:] + (c, self.features),
+                        jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,),
+                      jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    x = x[:, :grid[0] * self.patch[0], :grid[1] * self.patch[1],
+          :grid[2] * self.patch[2]]
+    x = x.reshape(b, grid[0], self.patch[0], grid[1], self.patch[1], grid[2],
+                  self.patch[2], c)
+    y = jnp.einsum('bTtHhWwc,thwcd->bTHWd', x,
+                   kernel.reshape(self.patch + (c, self.features)))
+    return y + bias
 
 
 class AddPositionEmbs(nn.Module):
@@ -185,7 +231,7 @@ class Encoder(nn.Module):
       pe = model_utils.sinusoidal_3d_position_embedding(self.grid, d)
       pe = np.pad(pe, ((n - pe.shape[0], 0), (0, 0)))  # none for a cls token
       x = x + jnp.asarray(pe, x.dtype)
-    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    x = Dropout(self.dropout_rate)(x, deterministic=not train)
 
     on_grid = self.attention != 'tokens'
     if on_grid:
@@ -319,15 +365,12 @@ class ViViT(nn.Module):
     if self.tokenizer == 'temporal_sampling':
       frames = x if gt == t_in else x[:, model_utils.sample_frame_indices(
           t_in, gt)]
-      y = nn.Conv(self.hidden_size, (ph, pw), strides=(ph, pw),
-                  padding='VALID', dtype=self.dtype, name='embedding')(
-                      frames.reshape(b * gt, h_in, w_in, c))
-      return y.reshape(b, gt, gh, gw, self.hidden_size)
-    pt = self.patch_size[2]
+      return PatchEmbedding(self.hidden_size, (1, ph, pw), kernel_dims=2,
+                            dtype=self.dtype, name='embedding')(frames)
     kernel_init = model_utils.TUBELET_INITIALIZERS[self.kernel_init_method]()
-    return nn.Conv(self.hidden_size, (pt, ph, pw), strides=(pt, ph, pw),
-                   padding='VALID', kernel_init=kernel_init, dtype=self.dtype,
-                   name='embedding')(x)
+    return PatchEmbedding(self.hidden_size, (self.patch_size[2], ph, pw),
+                          kernel_init=kernel_init, dtype=self.dtype,
+                          name='embedding')(x)
 
   def _encode_and_pool(self, x: jax.Array, grid: tuple[int, int, int],
                        size: TransformerSize, attention: Any, name: str,

@@ -1,0 +1,569 @@
+r"""Throughput benchmark of the ViViT train and eval steps: samples/s, model FLOPs, FLOP utilisation.
+
+The train step is `train_utils.train_step` under `jax.pmap(..., axis_name='batch',
+donate_argnums=(0,))` with the state from `train_utils.replicate`, exactly as the trainer builds
+it; the eval step is `train_utils.eval_step` under `jax.pmap`. Each figure is the median over
+`--windows` timed windows of `--steps` steps, after `--warmup` untimed steps that include
+compilation; a window ends with `jax.block_until_ready` on what the steps returned.
+
+Model FLOPs per sample come from the config by formula (`model_flops`) and are cross-checked
+against XLA's cost analysis of the compiled steps. Achieved FLOP/s (model FLOPs per sample times
+samples/s) is reported as a fraction of the machine's matmul ceiling: a large matrix product
+(float32 on CPU, bfloat16 on GPU) timed in the same run.
+
+  # The Keras example's configuration, against the Keras reference (TF and JAX backends):
+  python benchmarks/throughput.py --config=configs/organmnist3d/vivit_keras_baseline.py --keras \
+      --json=/tmp/throughput.json
+  # Several configurations with overrides, and the input pipeline apart from the model:
+  python benchmarks/throughput.py --config=configs/organmnist3d/vivit_keras_baseline.py \
+      --config=configs/organmnist3d/vivit_best.py --set=model_dtype_str=bfloat16 --pipeline
+  # ViViT-B/16x2 on 32x224x224x3 clips, one of the four variants (see VIVIT_B_VARIANTS):
+  python benchmarks/throughput.py --config=vivit_b/factorized_encoder --batch_size=2 --steps=1 \
+      --windows=2 --warmup=1
+
+`--config` takes config files (`get_config()`) or `vivit_b/<attention type>`; `--set key=value`
+overrides apply to every config (values are Python literals, else strings). One JSON file holds
+every result (`--json`); one Markdown table row per configuration is printed.
+"""
+
+import ast
+import datetime
+import functools
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+from absl import app, flags
+import ml_collections
+
+# configs/ and vivit_flax/ live at the repository root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from configs.organmnist3d import vivit_keras_baseline  # pylint: disable=g-import-not-at-top
+from vivit_flax import model as vivit_model  # pylint: disable=g-import-not-at-top
+from vivit_flax import train_utils  # pylint: disable=g-import-not-at-top
+from vivit_flax.datasets import input_pipeline  # pylint: disable=g-import-not-at-top
+
+VIVIT_B_VARIANTS = ('spacetime', 'factorized_encoder', 'factorized_self_attention_block',
+                    'factorized_dot_product_attention')
+VIVIT_B_INPUT = (32, 224, 224, 3)
+KINETICS_CLASSES = 400
+FEEDS = ('device', 'prefetch', 'host')
+COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
+
+FLAGS = flags.FLAGS
+
+
+def vivit_b_config(attention_type):
+  """ViViT-B/16x2 (Scenic's Kinetics-400 sizes) for one attention variant.
+
+  Derived from the Keras baseline config: hidden 768, 12 heads, MLP 3072, 12 layers (Model 2:
+  12 spatial and 4 temporal layers), 16x16x2 tubelets with the central-frame initialiser, no
+  dropout; a class token for Models 1 and 2, global average pooling for Models 3 and 4.
+  """
+  if attention_type not in VIVIT_B_VARIANTS:
+    raise ValueError(f'Unknown ViViT-B variant {attention_type!r}; use one of {VIVIT_B_VARIANTS}.')
+  config = vivit_keras_baseline.get_config()
+  config.experiment_name = f'vivit_b16x2_{attention_type}'
+  config.dataset_name = 'npz_video'
+  m = config.model
+  m.attention_config.type = attention_type
+  m.hidden_size, m.num_heads, m.mlp_dim, m.num_layers = 768, 12, 3072, 12
+  m.spatial_transformer = ml_collections.ConfigDict(dict(num_heads=12, mlp_dim=3072, num_layers=12))
+  m.temporal_transformer = ml_collections.ConfigDict(dict(num_heads=12, mlp_dim=3072, num_layers=4))
+  m.patches.size = (16, 16, 2)
+  m.patches.drop_remainder = False
+  m.temporal_encoding_config.kernel_init_method = 'central_frame_initializer'
+  m.classifier = 'token' if attention_type in ('spacetime', 'factorized_encoder') else 'gap'
+  m.dropout_rate = m.attention_dropout_rate = 0.
+  config.batch_size = config.eval_batch_size = 2
+  return config
+
+
+def load_config(spec, overrides=()):
+  """The config named by `spec` (a config file or vivit_b/<type>) with `key=value` overrides."""
+  if spec.startswith('vivit_b/'):
+    config = vivit_b_config(spec.split('/', 1)[1])
+  else:
+    module_spec = importlib.util.spec_from_file_location('bench_config', spec)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config()
+  for item in overrides:
+    key, _, text = item.partition('=')
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    *parents, leaf = key.split('.')
+    node = config
+    for name in parents:
+      node = node[name]
+    with node.ignore_type():
+      node[leaf] = value
+  return config
+
+
+def input_spec(config):
+  """(T, H, W, C) clips and class count the config trains on, without loading its data."""
+  if config.get('experiment_name', '').startswith('vivit_b16x2'):
+    return VIVIT_B_INPUT, KINETICS_CLASSES
+  if config.dataset_name == 'medmnist3d':
+    from vivit_flax.datasets import medmnist3d  # pylint: disable=g-import-not-at-top
+    size = config.dataset_configs.get('size', 28)
+    return (size, size, size, 1), len(medmnist3d.medmnist_info()[config.dataset_configs.name]['label'])
+  if config.dataset_name == 'synthetic3d':
+    from vivit_flax.datasets import synthetic  # pylint: disable=g-import-not-at-top
+    return (synthetic.SIZE,) * 3 + (1,), synthetic.NUM_CLASSES
+  raise ValueError(f'Give --input_shape and --num_classes for dataset {config.dataset_name!r}.')
+
+
+def model_flops(flax_model, input_shape, num_classes):
+  """Model FLOPs per sample (one multiply-add = 2 FLOPs; matrix products only).
+
+  With D = hidden size, M = MLP width, N tokens in a transformer and L the length of the axis a
+  token attends along (summed over the heads that attend along it, as a fraction of them):
+    tokeniser        2 * tokens * (t*h*w*C) * D                (tubelet or 2D patch embedding)
+    per layer        8 * N * D^2                               (Q, K, V and output projections)
+                   + 4 * N * L * D                             (scores Q.K and weighted sum P.V)
+                   + 4 * N * D * M                             (the two MLP layers)
+    head             2 * D * classes  (or 2*D*R + 2*R*classes with a representation layer)
+  Model 1: one encoder over all N = t*h*w (+1 class token) tokens, L = N. Model 2: a spatial
+  encoder over t sequences of h*w (+1) tokens, then a temporal encoder over t (+1) tokens.
+  Model 3: per layer two attention sub-layers (L = t over time, L = h*w over space), each with
+  its own projections. Model 4: one sub-layer, half the heads with L = t, half with L = h*w.
+  A train step costs 3x the forward pass (forward, input gradients, weight gradients) less the
+  tokeniser's input gradient, which is never computed (the clips are not differentiated).
+  Element-wise work (LayerNorm, softmax, GELU, the optimizer) is not counted: XLA's cost
+  analysis, which counts it, comes out a few percent higher.
+  """
+  t_in, h_in, w_in, c = input_shape
+  gt, gh, gw = flax_model.token_grid((t_in, h_in, w_in))
+  d = flax_model.hidden_size
+  ph, pw = flax_model.patch_size[:2]
+  pt = 1 if flax_model.tokenizer == 'temporal_sampling' else flax_model.patch_size[2]
+  cls = int(flax_model.classifier == 'token')
+  space = gh * gw
+
+  def encoder(size, sequences, length, sublayers):
+    """FLOPs of an encoder over `sequences` sequences of `length` tokens; each attention
+    sub-layer is a list of (attended length, fraction of the heads)."""
+    n = sequences * length
+    layer = 4 * n * d * size.mlp_dim
+    for sublayer in sublayers:
+      layer += 8 * n * d * d + sum(4 * n * span * d * share for span, share in sublayer)
+    return int(size.num_layers * layer)
+
+  parts = {'tokenizer': 2 * gt * space * pt * ph * pw * c * d}
+  kind = flax_model.attention_type
+  if kind == 'factorized_encoder':
+    parts['spatial_encoder'] = encoder(flax_model.spatial_transformer, gt, space + cls,
+                                       [[(space + cls, 1.)]])
+    parts['temporal_encoder'] = encoder(flax_model.temporal_transformer, 1, gt + cls,
+                                        [[(gt + cls, 1.)]])
+  else:
+    tokens = gt * space + cls
+    sublayers = {'spacetime': [[(tokens, 1.)]],
+                 'factorized_self_attention_block': [[(gt, 1.)], [(space, 1.)]],
+                 'factorized_dot_product_attention': [[(gt, .5), (space, .5)]]}[kind]
+    parts['encoder'] = encoder(flax_model.transformer, 1, tokens, sublayers)
+  r = flax_model.representation_size
+  parts['head'] = 2 * d * num_classes if r is None else 2 * d * r + 2 * r * num_classes
+  forward = sum(parts.values())
+  return {'forward': forward, 'train': 3 * forward - parts['tokenizer'], 'parts': parts}
+
+
+class MatmulCeiling:
+  """The machine's matmul ceiling: FLOP/s of a large square matrix product on the default device
+  with the default threads (float32 on CPU, bfloat16 on accelerators). `sample()` times one
+  product; the benchmark samples it between its timed windows, so that ceiling and step see the
+  same machine load."""
+
+  def __init__(self, dtype=None, size=None):
+    on_cpu = jax.default_backend() == 'cpu'
+    self.dtype = jnp.dtype(dtype or (jnp.float32 if on_cpu else jnp.bfloat16))
+    self.size = size or (2048 if on_cpu else 8192)
+    self.samples = []
+    keys = jax.random.split(jax.random.key(0))
+    self._operands = [jax.random.normal(k, (self.size,) * 2, self.dtype) for k in keys]
+    self._product = jax.jit(jnp.matmul)
+    jax.block_until_ready(self._product(*self._operands))
+    start = time.perf_counter()
+    jax.block_until_ready(self._product(*self._operands))
+    # Products per sample: enough for 50 ms, so dispatch does not count on a fast device.
+    self.inner = max(1, int(0.05 / (time.perf_counter() - start)))
+
+  def sample(self, repeats=1):
+    """Times `repeats` samples of `inner` back-to-back products; returns and keeps their FLOP/s."""
+    rates = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      for _ in range(self.inner):
+        out = self._product(*self._operands)
+      jax.block_until_ready(out)
+      rates.append(2 * self.size**3 * self.inner / (time.perf_counter() - start))
+    self.samples.extend(rates)
+    return rates
+
+  def summary(self, rates=None):
+    """Median FLOP/s of `rates` (default: every sample so far), with the product's shape."""
+    rates = self.samples if rates is None else rates
+    return {'flops_per_s': _median(rates), 'all': rates, 'size': self.size,
+            'dtype': self.dtype.name}
+
+
+class CompileCounter:
+  """Counts XLA backend compilations from the moment it is created (a jax.monitoring listener)."""
+
+  def __init__(self):
+    self.count = 0
+    jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+  def _listen(self, event, *args, **kwargs):
+    del args, kwargs
+    if event == COMPILE_EVENT:
+      self.count += 1
+
+
+_COMPILES = None
+
+
+def compile_counter():
+  """The process's CompileCounter (listeners cannot be removed, so there is one)."""
+  global _COMPILES
+  if _COMPILES is None:
+    _COMPILES = CompileCounter()
+  return _COMPILES
+
+
+def random_batch(rng, per_device, input_shape, num_classes, devices):
+  """A host batch laid out as the datasets serve it: [devices, per_device, ...]."""
+  labels = rng.integers(0, num_classes, (devices, per_device))
+  return {'inputs': rng.random((devices, per_device) + tuple(input_shape), dtype=np.float32),
+          'label': np.eye(num_classes, dtype=np.float32)[labels],
+          'batch_mask': np.ones((devices, per_device), np.float32)}
+
+
+def _median(values):
+  return statistics.median(values) if values else None
+
+
+class StepBench:
+  """The trainer's pmapped train and eval steps for one config, on random data, timed by window.
+
+  Attributes:
+    config: the experiment config.
+    input_shape, num_classes: the clips (T, H, W, C) and class count.
+    batch_size, eval_batch_size: global batches.
+    state: the replicated TrainState (advanced by every timed train step).
+  """
+
+  def __init__(self, config, input_shape, num_classes, batch_size, eval_batch_size,
+               donate=True, feed='device', sync_every=None, seed=0):
+    self.config = config
+    self.input_shape = tuple(input_shape)
+    self.num_classes = num_classes
+    self.devices = jax.local_device_count()
+    self.batch_size = batch_size
+    self.eval_batch_size = eval_batch_size
+    self.feed = feed
+    self.sync_every = sync_every
+    meta = {'num_classes': num_classes, 'input_shape': (-1,) + self.input_shape}
+    self.model = vivit_model.get_model_cls(config.model_name)(config, meta)
+    lr_fn = train_utils.create_learning_rate_fn(config, 10_000)
+    state = train_utils.create_train_state(self.model.flax_model, meta['input_shape'], config,
+                                           lr_fn, jax.random.PRNGKey(seed))
+    self.state = train_utils.replicate(state)
+    self.p_train_step = jax.pmap(
+        functools.partial(train_utils.train_step, loss_fn=self.model.loss_function,
+                          metrics_fn=self.model.get_metrics_fn('train'), learning_rate_fn=lr_fn),
+        axis_name=train_utils.AXIS_NAME, donate_argnums=(0,) if donate else ())
+    self.p_eval_step = jax.pmap(
+        functools.partial(train_utils.eval_step,
+                          metrics_fn=self.model.get_metrics_fn('validation')),
+        axis_name=train_utils.AXIS_NAME)
+    rng = np.random.default_rng(seed)
+    self.host = {
+        mode: [random_batch(rng, input_pipeline.per_device_batch_size(b, 1, self.devices),
+                            self.input_shape, num_classes, self.devices) for _ in range(2)]
+        for mode, b in (('train', batch_size), ('eval', eval_batch_size))}
+    self.on_device = {mode: next(input_pipeline.prefetch_to_device(iter(batches[:1]), 1))
+                      for mode, batches in self.host.items()}
+    self.steps_done = {'train': 0, 'eval': 0}
+
+  def batches(self, mode, steps):
+    """`steps` batches for `mode`, fed as FLAGS-style `feed` says."""
+    if self.feed == 'device':
+      return iter([self.on_device[mode]] * steps)
+    host = (self.host[mode][i % 2] for i in range(steps))
+    if self.feed == 'prefetch':
+      return input_pipeline.prefetch_to_device(host, 2)
+    return host
+
+  def run(self, mode, steps):
+    """Runs `steps` steps of `mode`, as the trainer does, and waits for their results."""
+    sync_every = self.sync_every
+    out, pending = None, []
+    guard = 'allow' if self.feed == 'host' else 'disallow'
+    with jax.transfer_guard(guard):
+      for batch in self.batches(mode, steps):
+        if mode == 'train':
+          self.state, out = self.p_train_step(self.state, batch)
+          pending.append(out)
+          if sync_every and (self.steps_done['train'] + 1) % sync_every == 0:
+            jax.device_get(pending)
+            pending = []
+        else:
+          out = self.p_eval_step(self.state, batch)
+        self.steps_done[mode] += 1
+    jax.block_until_ready((self.state, out))
+
+  def window(self, mode, steps):
+    """Samples/s of one window of `steps` steps."""
+    batch = self.batch_size if mode == 'train' else self.eval_batch_size
+    start = time.perf_counter()
+    self.run(mode, steps)
+    return steps * batch / (time.perf_counter() - start)
+
+  def compiled(self, mode):
+    """The AOT-compiled step of `mode` (for XLA's cost and memory analysis)."""
+    batch = self.on_device[mode]
+    if mode == 'train':
+      return self.p_train_step.lower(self.state, batch).compile()
+    return self.p_eval_step.lower(self.state, batch).compile()
+
+
+def xla_analysis(bench, mode):
+  """XLA's FLOPs per sample and memory (bytes per device) of the compiled step of `mode`."""
+  compiled = bench.compiled(mode)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  per_device = (bench.batch_size if mode == 'train' else bench.eval_batch_size) // bench.devices
+  result = {'xla_flops_per_sample': float(cost.get('flops', 0.)) / per_device}
+  memory = compiled.memory_analysis()
+  if memory is not None:
+    result['memory_bytes'] = int(memory.argument_size_in_bytes + memory.output_size_in_bytes
+                                 + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  return result
+
+
+def measure(config, *, input_shape, num_classes, batch_size, eval_batch_size=None,
+            modes=('train', 'eval'), steps=10, windows=5, warmup=2, donate=True, feed='device',
+            sync_every=None, ceiling=None, max_memory_bytes=0, analyse=True, bench=None):
+  """Times the train/eval steps of `config` and returns a JSON-ready dict of the results.
+
+  Per mode: samples/s (median and every window), FLOPs per sample (formula and XLA), achieved
+  FLOP/s and its fraction of the matmul ceiling (a MatmulCeiling, sampled after each window), and
+  the number of compilations during the timed windows (0 when nothing recompiles after warm-up).
+  """
+  eval_batch_size = eval_batch_size or batch_size
+  bench = bench or StepBench(config, input_shape, num_classes, batch_size, eval_batch_size,
+                             donate=donate, feed=feed, sync_every=sync_every)
+  flops = model_flops(bench.model.flax_model, input_shape, num_classes)
+  result = {'experiment': config.get('experiment_name'), 'input_shape': list(input_shape),
+            'num_classes': num_classes, 'batch_size': batch_size,
+            'eval_batch_size': eval_batch_size, 'devices': bench.devices,
+            'model_dtype': config.get('model_dtype_str', 'float32'),
+            'attention_type': bench.model.flax_model.attention_type,
+            'attention_implementation': bench.model.flax_model.attention_implementation,
+            'donate': donate, 'feed': feed, 'sync_every': sync_every, 'steps': steps,
+            'windows': windows, 'warmup': warmup, 'flops_parts': flops['parts']}
+  counter = compile_counter()
+  for mode in modes:
+    entry = {'flops_per_sample': flops['train' if mode == 'train' else 'forward']}
+    if analyse or max_memory_bytes:
+      entry.update(xla_analysis(bench, mode))
+    if max_memory_bytes and entry.get('memory_bytes', 0) > max_memory_bytes:
+      entry['skipped'] = f'needs {entry["memory_bytes"] / 2**30:.1f} GiB per device'
+      result[mode] = entry
+      continue
+    bench.run(mode, warmup)
+    before = counter.count
+    rates, ceilings = [], []
+    for _ in range(windows):
+      rates.append(bench.window(mode, steps))
+      if ceiling:
+        ceilings.extend(ceiling.sample())
+    entry.update(samples_per_s=_median(rates), samples_per_s_all=rates,
+                 compiles_in_windows=counter.count - before)
+    entry['flops_per_s'] = entry['flops_per_sample'] * entry['samples_per_s']
+    if ceiling:
+      entry['ceiling'] = ceiling.summary(ceilings)
+      entry['fraction_of_ceiling'] = entry['flops_per_s'] / entry['ceiling']['flops_per_s']
+    result[mode] = entry
+  result['batch_sharding_matches_step'] = (
+      bench.on_device['train']['inputs'].sharding == jax.tree_util.tree_leaves(bench.state)[0].sharding)
+  return result
+
+
+def keras_comparison(bench, rounds, num_batches):
+  """Interleaved rounds of (our train window, Keras TF fit window, Keras JAX fit window), each
+  of `num_batches` batches of the bench's global batch; medians and ratios of samples/s."""
+  from benchmarks import keras_reference  # pylint: disable=g-import-not-at-top
+  ours, theirs = [], {backend: [] for backend in keras_reference.BACKENDS}
+  bench.run('train', 2)
+  for _ in range(rounds):
+    ours.append(bench.window('train', num_batches))
+    for backend in keras_reference.BACKENDS:
+      reference = keras_reference.run_reference(backend, batch_size=bench.batch_size,
+                                                num_batches=num_batches, repeats=1)
+      theirs[backend].append(reference['train_samples_per_s'])
+  result = {'rounds': rounds, 'num_batches': num_batches, 'ours_samples_per_s': _median(ours),
+            'ours_all': ours}
+  for backend, rates in theirs.items():
+    result[backend] = {'samples_per_s': _median(rates), 'all': rates,
+                       'ratio': _median(ours) / _median(rates)}
+  return result
+
+
+def pipeline_throughput(config, batches=50, windows=5):
+  """Samples/s of dataset.train_iter alone (host batches) and through prefetch_to_device."""
+  from vivit_flax import datasets  # pylint: disable=g-import-not-at-top
+  dataset = datasets.get_dataset(config)
+  result = {'dataset': config.dataset_name, 'batch_size': config.batch_size}
+  for name in ('host', 'prefetch_to_device'):
+    iterator = dataset.train_iter(0)
+    if name == 'prefetch_to_device':
+      iterator = input_pipeline.prefetch_to_device(
+          iterator, config.dataset_configs.get('prefetch_to_device', 2))
+    next(iterator)
+    rates = []
+    for _ in range(windows):
+      start = time.perf_counter()
+      for _ in range(batches):
+        jax.block_until_ready(next(iterator))
+      rates.append(batches * config.batch_size / (time.perf_counter() - start))
+    result[name] = {'samples_per_s': _median(rates), 'all': rates}
+  return result
+
+
+def machine_info():
+  """Where and when the numbers were taken."""
+  device = jax.devices()[0]
+  return {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+          'host': platform.node(), 'processor': platform.processor() or platform.machine(),
+          'cpu_count': os.cpu_count(), 'load_average': os.getloadavg(),
+          'backend': jax.default_backend(), 'device_kind': device.device_kind,
+          'local_devices': jax.local_device_count(), 'jax': jax.__version__,
+          'xla_flags': os.environ.get('XLA_FLAGS', ''), 'command': ' '.join(sys.argv)}
+
+
+def _fmt(value, scale=1., digits=1):
+  return '-' if value is None else f'{value / scale:.{digits}f}'
+
+
+def markdown_row(result):
+  """One Markdown table row (see MARKDOWN_HEADER) for a `measure` result."""
+  train, evaluation = result.get('train', {}), result.get('eval', {})
+  keras = result.get('keras', {})
+  ratio = lambda b: _fmt(keras.get(b, {}).get('ratio'), digits=2) + 'x' if b in keras else '-'
+  return ' | '.join([
+      '', result['name'], result['model_dtype'], str(result['batch_size']),
+      _fmt(train.get('samples_per_s')) + (' (skipped)' if 'skipped' in train else ''),
+      _fmt(evaluation.get('samples_per_s')),
+      f'{_fmt(train.get("flops_per_sample"), 1e9, 3)} / {_fmt(train.get("xla_flops_per_sample"), 1e9, 3)}',
+      _fmt(train.get('flops_per_s'), 1e9),
+      _fmt(100 * train['fraction_of_ceiling'] if 'fraction_of_ceiling' in train else None) + '%',
+      ratio('tensorflow'), ratio('jax'), '']).strip()
+
+
+MARKDOWN_HEADER = ('| config | dtype | batch | train samples/s | eval samples/s | '
+                   'train GFLOP/sample (formula / XLA) | train GFLOP/s | % of matmul ceiling | '
+                   'vs Keras TF | vs Keras JAX |\n|' + ' --- |' * 10)
+
+
+def define_flags():
+  """The command line's flags (defined only when run as a script, so importing this module
+  registers nothing)."""
+  flags.DEFINE_multi_string('config', [], 'Config file (get_config()) or vivit_b/<attention type>.')
+  flags.DEFINE_multi_string('set', [], 'key=value override applied to every config, e.g. '
+                            'model_dtype_str=bfloat16 or model.attention_implementation=xla.')
+  flags.DEFINE_integer('batch_size', None, 'Global train batch (default: config.batch_size).')
+  flags.DEFINE_integer('per_device_batch', None, 'Per-device train batch; overrides --batch_size.')
+  flags.DEFINE_integer('eval_batch_size', None, 'Global eval batch (default: the train batch).')
+  flags.DEFINE_list('modes', ['train', 'eval'], 'Steps to time: train, eval.')
+  flags.DEFINE_integer('steps', 10, 'Steps per timed window.')
+  flags.DEFINE_integer('windows', 5, 'Timed windows; the median is reported.')
+  flags.DEFINE_integer('warmup', 2, 'Untimed steps first (compilation, second-step recompiles).')
+  flags.DEFINE_bool('donate', True, 'Donate the train state to the step, as the trainer does.')
+  flags.DEFINE_integer('sync_every', None, 'Fetch the train metrics to the host every N steps (the '
+                       'trainer: every config.log_summary_steps, the default); 1 = every step.')
+  flags.DEFINE_enum('feed', 'device', FEEDS, 'device: one batch placed on the devices beforehand; '
+                    'prefetch: a new host batch per step through input_pipeline.prefetch_to_device '
+                    '(as the trainer); host: numpy batches handed to the step.')
+  flags.DEFINE_list('input_shape', None, 'T,H,W,C of the clips (default: from the config).')
+  flags.DEFINE_integer('num_classes', None, 'Classes (default: from the config).')
+  flags.DEFINE_bool('keras', False, 'Also time the Keras reference (TensorFlow and JAX backends), '
+                    'interleaved with our train step, and report the ratios.')
+  flags.DEFINE_integer('keras_rounds', 5, 'Rounds of (our window, Keras TF window, Keras JAX window).')
+  flags.DEFINE_integer('keras_batches', 10, 'Batches per Keras fit window (and per our window).')
+  flags.DEFINE_bool('pipeline', False, 'Also time dataset.train_iter alone (host batches) and '
+                    'through prefetch_to_device, on the config\'s dataset (e.g. synthetic3d).')
+  flags.DEFINE_integer('ceiling_size', None, 'Matrix size of the ceiling matmul (CPU 2048, GPU 8192).')
+  flags.DEFINE_float('max_memory_gb', 0., 'Skip a step whose compiled program needs more memory than '
+                     'this per device (XLA memory analysis); 0 = no limit.')
+  flags.DEFINE_bool('xla_analysis', True, 'Compile each step once more, ahead of time, for XLA\'s '
+                    'FLOP count and memory needs (doubles the compile time).')
+  flags.DEFINE_string('json', None, 'Write every result to this JSON file.')
+  flags.DEFINE_string('label', '', 'Free text stored with the results (e.g. the lever measured).')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  if not FLAGS.config:
+    raise app.UsageError('Give at least one --config.')
+  info = machine_info()
+  ceiling = MatmulCeiling(size=FLAGS.ceiling_size)
+  ceiling.sample(3)
+  results = []
+  for spec in FLAGS.config:
+    config = load_config(spec, FLAGS.set)
+    shape, classes = input_spec(config)
+    shape = tuple(int(s) for s in FLAGS.input_shape) if FLAGS.input_shape else shape
+    classes = FLAGS.num_classes or classes
+    devices = jax.local_device_count()
+    batch = (FLAGS.per_device_batch * devices if FLAGS.per_device_batch
+             else FLAGS.batch_size or config.batch_size)
+    sync_every = FLAGS.sync_every if FLAGS.sync_every is not None else config.get(
+        'log_summary_steps')
+    bench = StepBench(config, shape, classes, batch, FLAGS.eval_batch_size or batch,
+                      donate=FLAGS.donate, feed=FLAGS.feed, sync_every=sync_every)
+    result = measure(config, input_shape=shape, num_classes=classes, batch_size=batch,
+                     eval_batch_size=FLAGS.eval_batch_size or batch, modes=FLAGS.modes,
+                     steps=FLAGS.steps, windows=FLAGS.windows, warmup=FLAGS.warmup,
+                     donate=FLAGS.donate, feed=FLAGS.feed, sync_every=sync_every,
+                     ceiling=ceiling, max_memory_bytes=FLAGS.max_memory_gb * 2**30,
+                     analyse=FLAGS.xla_analysis, bench=bench)
+    result['name'] = spec + ''.join(f' {s}' for s in FLAGS.set)
+    if FLAGS.keras:
+      result['keras'] = keras_comparison(bench, FLAGS.keras_rounds, FLAGS.keras_batches)
+    if FLAGS.pipeline:
+      result['pipeline'] = pipeline_throughput(config)
+    results.append(result)
+    print(json.dumps({k: v for k, v in result.items() if k != 'flops_parts'}), flush=True)
+  overall = ceiling.summary()
+  print(f'matmul ceiling: median {overall["flops_per_s"] / 1e9:.1f} GFLOP/s over '
+        f'{len(overall["all"])} samples ({overall["dtype"]} {overall["size"]}^3, '
+        f'{info["device_kind"]}, load average {info["load_average"][0]:.1f})')
+  print(MARKDOWN_HEADER)
+  for result in results:
+    print(markdown_row(result))
+  if FLAGS.json:
+    with open(FLAGS.json, 'w') as f:
+      json.dump({'machine': info, 'label': FLAGS.label, 'ceiling': ceiling.summary(),
+                 'results': results},
+                f, indent=2)
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

@@ -1,0 +1,106 @@
+"""Tests for benchmarks/throughput.py (FLOP formula against XLA's cost analysis, the timing core)
+and for the speed rewrites it measures (patch embedding as a matrix product, dropout masks)."""
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from benchmarks import throughput
+from vivit_flax import model, model_utils
+
+INPUT = (8, 16, 16, 3)  # T, H, W, C: 4x4x4 tubelets of 2x4x4 -> 64 tokens.
+NUM_CLASSES = 10
+
+
+def tiny_config(attention_type):
+  """A one-layer ViViT of width 128 (matrix products dominate its FLOPs, as in real models)."""
+  config = throughput.vivit_b_config(attention_type)
+  m = config.model
+  m.hidden_size, m.num_heads, m.mlp_dim, m.num_layers = 128, 2, 512, 1
+  m.spatial_transformer = ml_collections.ConfigDict(dict(num_heads=2, mlp_dim=512, num_layers=1))
+  m.temporal_transformer = ml_collections.ConfigDict(dict(num_heads=2, mlp_dim=512, num_layers=1))
+  m.patches.size = (4, 4, 2)
+  return config
+
+
+@pytest.mark.parametrize('attention_type', throughput.VIVIT_B_VARIANTS)
+def test_flop_formula_matches_xla_cost_analysis(attention_type):
+  batch = 8 * jax.local_device_count()  # Enough examples that the optimizer's work is small.
+  bench = throughput.StepBench(tiny_config(attention_type), INPUT, NUM_CLASSES, batch, batch)
+  flops = throughput.model_flops(bench.model.flax_model, INPUT, NUM_CLASSES)
+  for mode, formula in (('eval', flops['forward']), ('train', flops['train'])):
+    xla = throughput.xla_analysis(bench, mode)['xla_flops_per_sample']
+    # XLA also counts element-wise work (LayerNorm, softmax, GELU, optimizer): a few % more.
+    assert formula <= xla <= 1.05 * formula, (mode, formula, xla)
+
+
+def test_vivit_b_flops_match_the_vivit_paper():
+  """Forward multiply-adds of ViViT-B/16x2 on 32x224x224 clips against Table 2 of Arnab et
+  al. (2021): 455.2, 284.4, 372.3 and 277.1 GFLOPs (counted as multiply-adds) for Models 1-4."""
+  paper = dict(zip(throughput.VIVIT_B_VARIANTS, (455.2e9, 284.4e9, 372.3e9, 277.1e9)))
+  for variant, expected in paper.items():
+    config = throughput.vivit_b_config(variant)
+    vivit = model.ViViTClassificationModel(config, {'num_classes': 400})
+    macs = throughput.model_flops(vivit.flax_model, throughput.VIVIT_B_INPUT, 400)['forward'] / 2
+    assert macs == pytest.approx(expected, rel=0.01), variant
+
+
+def test_measure_runs_a_tiny_config():
+  devices = jax.local_device_count()
+  config = tiny_config('spacetime')
+  config.model.attention_dropout_rate = 0.1  # Exercise the dropout path too.
+  result = throughput.measure(
+      config, input_shape=INPUT, num_classes=NUM_CLASSES, batch_size=devices, steps=2, windows=2,
+      warmup=2, feed='prefetch', sync_every=1, ceiling=throughput.MatmulCeiling(size=128))
+  for mode in ('train', 'eval'):
+    entry = result[mode]
+    assert entry['samples_per_s'] > 0 and len(entry['samples_per_s_all']) == 2
+    assert entry['compiles_in_windows'] == 0
+    assert 0 < entry['fraction_of_ceiling']
+  assert result['batch_sharding_matches_step']
+  result['name'] = 'tiny'
+  assert throughput.markdown_row(result).startswith('| tiny | float32 | 8 |')
+  json.dumps(result)
+
+
+def test_load_config_applies_overrides(tmp_path):
+  config = throughput.load_config('configs/organmnist3d/vivit_keras_baseline.py',
+                                  ['model_dtype_str=bfloat16', 'model.patches.size=(7, 7, 7)',
+                                   'model.attention_implementation=xla'])
+  assert config.model_dtype_str == 'bfloat16'
+  assert tuple(config.model.patches.size) == (7, 7, 7)
+  assert config.model.attention_implementation == 'xla'
+  assert throughput.input_spec(config) == ((28, 28, 28, 1), 11)
+
+
+@pytest.mark.parametrize('patch, kernel_dims', [((4, 7, 5), 3), ((1, 7, 5), 2)])
+def test_patch_embedding_equals_a_strided_convolution(patch, kernel_dims):
+  x = jax.random.normal(jax.random.key(0), (2, 13, 14, 15, 3))  # Trailing voxels are dropped.
+  embed = model.PatchEmbedding(6, patch, kernel_dims=kernel_dims)
+  variables = embed.init(jax.random.key(1), x)
+  conv = nn.Conv(6, patch[3 - kernel_dims:], strides=patch[3 - kernel_dims:], padding='VALID')
+  if kernel_dims == 3:
+    reference = lambda v: conv.apply(v, x)
+  else:
+    reference = lambda v: conv.apply(v, x.reshape((-1,) + x.shape[2:])).reshape(2, 13, 2, 3, 6)
+  np.testing.assert_allclose(embed.apply(variables, x), reference(variables), atol=1e-5)
+  grads = [jax.grad(lambda v: jnp.sum(f(v)**2))(variables)
+           for f in (lambda v: embed.apply(v, x), reference)]
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+                         *grads)
+
+
+def test_dropout_keep_mask_drops_the_rate_and_keeps_the_mean():
+  keep, scale = model_utils.dropout_keep_mask(jax.random.key(0), 0.1, (64, 999))
+  assert keep.shape == (64, 999) and keep.dtype == jnp.bool_
+  assert float(jnp.mean(keep)) == pytest.approx(0.9, abs=0.005)
+  assert scale == pytest.approx(1 / (1 - round(0.1 * 2**16) / 2**16))
+  again, _ = model_utils.dropout_keep_mask(jax.random.key(0), 0.1, (64, 999))
+  other, _ = model_utils.dropout_keep_mask(jax.random.key(1), 0.1, (64, 999))
+  np.testing.assert_array_equal(keep, again)
+  assert np.any(keep != other)
