@@ -1,4 +1,4 @@
-r"""Throughput benchmark of the ViViT train and eval steps: samples/s, model FLOPs, FLOP utilisation.
+r"""Throughput of the ViViT train and eval steps: samples/s, model FLOPs and FLOP utilisation.
 
 The train step is `train_utils.train_step` under `jax.pmap(..., axis_name='batch',
 donate_argnums=(0,))` with the state from `train_utils.replicate`, exactly as the trainer builds
@@ -119,7 +119,8 @@ def input_spec(config):
   if config.dataset_name == 'medmnist3d':
     from vivit_flax.datasets import medmnist3d  # pylint: disable=g-import-not-at-top
     size = config.dataset_configs.get('size', 28)
-    return (size, size, size, 1), len(medmnist3d.medmnist_info()[config.dataset_configs.name]['label'])
+    labels = medmnist3d.medmnist_info()[config.dataset_configs.name]['label']
+    return (size, size, size, 1), len(labels)
   if config.dataset_name == 'synthetic3d':
     from vivit_flax.datasets import synthetic  # pylint: disable=g-import-not-at-top
     return (synthetic.SIZE,) * 3 + (1,), synthetic.NUM_CLASSES
@@ -399,8 +400,9 @@ def measure(config, *, input_shape, num_classes, batch_size, eval_batch_size=Non
       entry['ceiling'] = ceiling.summary(ceilings)
       entry['fraction_of_ceiling'] = entry['flops_per_s'] / entry['ceiling']['flops_per_s']
     result[mode] = entry
+  state_sharding = jax.tree_util.tree_leaves(bench.state)[0].sharding
   result['batch_sharding_matches_step'] = (
-      bench.on_device['train']['inputs'].sharding == jax.tree_util.tree_leaves(bench.state)[0].sharding)
+      bench.on_device['train']['inputs'].sharding == state_sharding)
   return result
 
 
@@ -469,7 +471,8 @@ def markdown_row(result):
       '', result['name'], result['model_dtype'], str(result['batch_size']),
       _fmt(train.get('samples_per_s')) + (' (skipped)' if 'skipped' in train else ''),
       _fmt(evaluation.get('samples_per_s')),
-      f'{_fmt(train.get("flops_per_sample"), 1e9, 3)} / {_fmt(train.get("xla_flops_per_sample"), 1e9, 3)}',
+      f'{_fmt(train.get("flops_per_sample"), 1e9, 3)} / '
+      f'{_fmt(train.get("xla_flops_per_sample"), 1e9, 3)}',
       _fmt(train.get('flops_per_s'), 1e9),
       _fmt(100 * train['fraction_of_ceiling'] if 'fraction_of_ceiling' in train else None) + '%',
       ratio('tensorflow'), ratio('jax'), '']).strip()
@@ -503,13 +506,15 @@ def define_flags():
   flags.DEFINE_integer('num_classes', None, 'Classes (default: from the config).')
   flags.DEFINE_bool('keras', False, 'Also time the Keras reference (TensorFlow and JAX backends), '
                     'interleaved with our train step, and report the ratios.')
-  flags.DEFINE_integer('keras_rounds', 5, 'Rounds of (our window, Keras TF window, Keras JAX window).')
+  flags.DEFINE_integer('keras_rounds', 5,
+                       'Rounds of (our window, Keras TF window, Keras JAX window).')
   flags.DEFINE_integer('keras_batches', 10, 'Batches per Keras fit window (and per our window).')
   flags.DEFINE_bool('pipeline', False, 'Also time dataset.train_iter alone (host batches) and '
                     'through prefetch_to_device, on the config\'s dataset (e.g. synthetic3d).')
-  flags.DEFINE_integer('ceiling_size', None, 'Matrix size of the ceiling matmul (CPU 2048, GPU 8192).')
-  flags.DEFINE_float('max_memory_gb', 0., 'Skip a step whose compiled program needs more memory than '
-                     'this per device (XLA memory analysis); 0 = no limit.')
+  flags.DEFINE_integer('ceiling_size', None,
+                       'Matrix size of the ceiling matmul (CPU 2048, GPU 8192).')
+  flags.DEFINE_float('max_memory_gb', 0., 'Skip a step whose compiled program needs more memory '
+                     'than this per device (XLA memory analysis); 0 = no limit.')
   flags.DEFINE_bool('xla_analysis', True, 'Compile each step once more, ahead of time, for XLA\'s '
                     'FLOP count and memory needs (doubles the compile time).')
   flags.DEFINE_string('json', None, 'Write every result to this JSON file.')
