@@ -25,6 +25,9 @@ flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 for mul
 flags.DEFINE_integer('num_processes', None, 'Number of processes of a multi-process run.')
 flags.DEFINE_integer('process_id', None, 'This process\'s index in a multi-process run.')
 flags.DEFINE_list('local_device_ids', None, 'Local devices this process uses (multi-process).')
+flags.DEFINE_integer('cpu_devices', None, 'JAX devices on a CPU-only host (default: one per '
+                     'core, each running a replica of the pmapped step on its share of the '
+                     'batch); ignored where XLA_FLAGS forces a count and on GPU/TPU hosts.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 # Variables that cluster launchers set when they start several processes of one job.
@@ -56,8 +59,12 @@ def main(argv):
     os.environ['XLA_FLAGS'] = ' '.join(
         [os.environ.get('XLA_FLAGS', ''), '--xla_gpu_deterministic_ops=true']).strip()
   import jax  # pylint: disable=g-import-not-at-top
-  from vivit_flax import config_validation, trainer  # pylint: disable=g-import-not-at-top
+  from vivit_flax import config_validation, cpu_host, trainer  # pylint: disable=g-import-not-at-top
 
+  try:
+    cpu_host.set_cpu_device_count(FLAGS.cpu_devices)
+  except ValueError as error:
+    sys.exit(f'error: {error}')
   if launched_as_multiprocess():
     jax.distributed.initialize(
         coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
@@ -67,6 +74,8 @@ def main(argv):
   logging.info('JAX process %d of %d, %d local / %d global devices (%s).', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
+  if jax.default_backend() == 'cpu':
+    cpu_host.keep_freed_memory()
   try:
     config_validation.validate(FLAGS.config)
     trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -6,6 +6,9 @@ it; the eval step is `train_utils.eval_step` under `jax.pmap`. Each figure is th
 `--windows` timed windows of `--steps` steps, after `--warmup` untimed steps that include
 compilation; a window ends with `jax.block_until_ready` on what the steps returned.
 
+On a CPU-only host the steps run as main.py runs them: one JAX device per core and malloc
+keeping freed memory (`vivit_flax.cpu_host`; `--cpu_devices`, `--nokeep_freed_memory` to compare).
+
 Model FLOPs per sample come from the config by formula (`model_flops`) and are cross-checked
 against XLA's cost analysis of the compiled steps. Achieved FLOP/s (model FLOPs per sample times
 samples/s) is reported as a fraction of the machine's matmul ceiling: a large matrix product
@@ -48,6 +51,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from configs.organmnist3d import vivit_keras_baseline  # pylint: disable=g-import-not-at-top
+from vivit_flax import cpu_host  # pylint: disable=g-import-not-at-top
 from vivit_flax import model as vivit_model  # pylint: disable=g-import-not-at-top
 from vivit_flax import train_utils  # pylint: disable=g-import-not-at-top
 from vivit_flax.datasets import input_pipeline  # pylint: disable=g-import-not-at-top
@@ -504,11 +508,16 @@ def define_flags():
                     '(as the trainer); host: numpy batches handed to the step.')
   flags.DEFINE_list('input_shape', None, 'T,H,W,C of the clips (default: from the config).')
   flags.DEFINE_integer('num_classes', None, 'Classes (default: from the config).')
+  flags.DEFINE_integer('cpu_devices', None, 'JAX devices on a CPU-only host, as main.py\'s flag '
+                       '(default: one per core).')
+  flags.DEFINE_bool('keep_freed_memory', True, 'On the CPU, make malloc reuse freed memory as '
+                    'main.py does (vivit_flax.cpu_host).')
   flags.DEFINE_bool('keras', False, 'Also time the Keras reference (TensorFlow and JAX backends), '
                     'interleaved with our train step, and report the ratios.')
   flags.DEFINE_integer('keras_rounds', 5,
                        'Rounds of (our window, Keras TF window, Keras JAX window).')
-  flags.DEFINE_integer('keras_batches', 10, 'Batches per Keras fit window (and per our window).')
+  flags.DEFINE_integer('keras_batches', 30, 'Batches per Keras fit window and per our window (30: one '
+                       'epoch of the Keras recipe, so fit\'s per-call set-up counts as in the recipe).')
   flags.DEFINE_bool('pipeline', False, 'Also time dataset.train_iter alone (host batches) and '
                     'through prefetch_to_device, on the config\'s dataset (e.g. synthetic3d).')
   flags.DEFINE_integer('ceiling_size', None,
@@ -526,7 +535,10 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS.config:
     raise app.UsageError('Give at least one --config.')
-  info = machine_info()
+  cpu_host.set_cpu_device_count(FLAGS.cpu_devices)
+  freed_memory_kept = (FLAGS.keep_freed_memory and jax.default_backend() == 'cpu'
+                       and cpu_host.keep_freed_memory())
+  info = dict(machine_info(), keep_freed_memory=freed_memory_kept)
   ceiling = MatmulCeiling(size=FLAGS.ceiling_size)
   ceiling.sample(3)
   results = []
