@@ -59,7 +59,14 @@ def main(argv):
     os.environ['XLA_FLAGS'] = ' '.join(
         [os.environ.get('XLA_FLAGS', ''), '--xla_gpu_deterministic_ops=true']).strip()
   import jax  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from vivit_flax import config_validation, cpu_host, trainer  # pylint: disable=g-import-not-at-top
+
+  # TensorFlow only writes TensorBoard summaries (through clu): no GPU, and one thread each
+  # for its op pools, so its idle workers never spin on the cores the train step runs on.
+  tf.config.set_visible_devices([], 'GPU')
+  tf.config.threading.set_intra_op_parallelism_threads(1)
+  tf.config.threading.set_inter_op_parallelism_threads(1)
 
   try:
     cpu_host.set_cpu_device_count(FLAGS.cpu_devices)
