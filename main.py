@@ -62,8 +62,8 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from vivit_flax import config_validation, cpu_host, trainer  # pylint: disable=g-import-not-at-top
 
-  # TensorFlow only writes TensorBoard summaries (through clu): no GPU, and one thread each
-  # for its op pools, so its idle workers never spin on the cores the train step runs on.
+  # TensorFlow only writes TensorBoard summaries (through clu): no GPU, and one thread for
+  # each of its op pools, which otherwise compete with the train step for the cores.
   tf.config.set_visible_devices([], 'GPU')
   tf.config.threading.set_intra_op_parallelism_threads(1)
   tf.config.threading.set_inter_op_parallelism_threads(1)
