@@ -27,7 +27,8 @@ flags.DEFINE_integer('process_id', None, 'This process\'s index in a multi-proce
 flags.DEFINE_list('local_device_ids', None, 'Local devices this process uses (multi-process).')
 flags.DEFINE_integer('cpu_devices', None, 'JAX devices on a CPU-only host (default: one per '
                      'core, each running a replica of the pmapped step on its share of the '
-                     'batch); ignored where XLA_FLAGS forces a count and on GPU/TPU hosts.')
+                     'batch); ignored where XLA_FLAGS forces a count and on GPU/TPU hosts.',
+                     lower_bound=1)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 # Variables that cluster launchers set when they start several processes of one job.
@@ -68,10 +69,7 @@ def main(argv):
   tf.config.threading.set_intra_op_parallelism_threads(1)
   tf.config.threading.set_inter_op_parallelism_threads(1)
 
-  try:
-    cpu_host.set_cpu_device_count(FLAGS.cpu_devices)
-  except ValueError as error:
-    sys.exit(f'error: {error}')
+  cpu_host.set_cpu_device_count(FLAGS.cpu_devices)
   if launched_as_multiprocess():
     jax.distributed.initialize(
         coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every CPU figure of benchmarks/RESULTS.md, one throughput.py run each, on an otherwise idle
-# machine (about 50 minutes on 2 cores). JSON results go to $OUT (default
+# machine (about 40 minutes on 2 cores). JSON results go to $OUT (default
 # benchmarks/results/cpu); each run also prints its Markdown row. Run from anywhere:
 #   bash benchmarks/cpu_results.sh [part ...]     (parts: keras levers scaling pipeline models)
 set -eu
@@ -60,6 +60,6 @@ models() {  # vivit_best, and ViViT-B/16x2 on 32x224x224x3 clips for each varian
   done
 }
 
-for part in "${@:-keras levers scaling pipeline models}"; do
-  for p in $part; do "$p"; done
+for part in ${*:-keras levers scaling pipeline models}; do
+  "$part"
 done

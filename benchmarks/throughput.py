@@ -509,7 +509,7 @@ def define_flags():
   flags.DEFINE_list('input_shape', None, 'T,H,W,C of the clips (default: from the config).')
   flags.DEFINE_integer('num_classes', None, 'Classes (default: from the config).')
   flags.DEFINE_integer('cpu_devices', None, 'JAX devices on a CPU-only host, as main.py\'s flag '
-                       '(default: one per core).')
+                       '(default: one per core).', lower_bound=1)
   flags.DEFINE_bool('keep_freed_memory', True, 'On the CPU, make malloc reuse freed memory as '
                     'main.py does (vivit_flax.cpu_host).')
   flags.DEFINE_bool('keras', False, 'Also time the Keras reference (TensorFlow and JAX backends), '
