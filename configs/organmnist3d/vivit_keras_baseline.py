@@ -80,7 +80,9 @@ def get_config():
   # Logging, evaluation and checkpoints (None: once per epoch).
   config.log_summary_steps = 10
   config.log_eval_steps = placeholder(int)
-  config.checkpoint_steps = placeholder(int)
+  # Every 10 epochs (300 steps): an Orbax save of this small state costs about 0.4 s of the
+  # two-core host, 10 % of a 4-second epoch; SIGTERM still checkpoints the current step.
+  config.checkpoint_steps = 300
   config.max_checkpoints_to_keep = 3
   config.write_summary = True
   config.checkpoint = True
