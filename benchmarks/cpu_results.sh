@@ -15,12 +15,13 @@ bench() {  # bench NAME ARGS...: one throughput.py run, JSON in $OUT/NAME.json
   shift
   echo "== $name: $*"
   $PY benchmarks/throughput.py --json="$OUT/$name.json" --label="$name" "$@" 2>&1 \
-    | grep -E '^\| |^matmul ceiling' || echo "$name FAILED"
+    | grep -E '^\| |^matmul ceiling|ms wall|^ +[0-9.]+ ms ' || echo "$name FAILED"
 }
 train_only=(--modes=train --noxla_analysis --windows=7)
 
-keras() {  # Ours vs the Keras example (TF and JAX backends), interleaved, median of 5 rounds.
-  bench keras --config=$KERAS_CONFIG --keras
+keras() {  # Ours vs the Keras example (TF and JAX backends), interleaved, median of 5 rounds;
+  # then where our train step's time goes (a profile of 10 steps).
+  bench keras --config=$KERAS_CONFIG --keras --profile_steps=10
 }
 
 levers() {  # Each speed lever switched off alone, against the default (all on).

@@ -68,6 +68,23 @@ def test_measure_runs_a_tiny_config():
   json.dumps(result)
 
 
+def test_profile_train_step_accounts_for_the_step(tmp_path):
+  devices = jax.local_device_count()
+  config = tiny_config('spacetime')
+  config.model.attention_dropout_rate = 0.1
+  bench = throughput.StepBench(config, INPUT, NUM_CLASSES, 2 * devices, 2 * devices)
+  profile = throughput.profile_train_step(bench, 2, str(tmp_path))
+  per_kind = profile['ms_per_step_and_device']
+  assert set(per_kind) == set(throughput.PROFILE_KINDS)
+  for kind in ('matrix products', 'random bits for dropout', 'optimizer update, loss and metrics',
+               'other model work (element-wise, reductions)'):
+    assert per_kind[kind] > 0, kind
+  assert min(per_kind.values()) >= 0
+  # Each device runs its instructions one after another within the traced steps.
+  assert sum(per_kind.values()) <= 1.05 * profile['wall_ms_per_step']
+  json.dumps(profile)
+
+
 def test_load_config_applies_overrides(tmp_path):
   config = throughput.load_config('configs/organmnist3d/vivit_keras_baseline.py',
                                   ['model_dtype_str=bfloat16', 'model.patches.size=(7, 7, 7)',
