@@ -32,10 +32,13 @@ every result (`--json`); one Markdown table row per configuration is printed.
 import ast
 import datetime
 import functools
+import glob
+import gzip
 import importlib.util
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -443,12 +446,9 @@ def profile_train_step(bench, steps, trace_dir):
   Traces `steps` train steps into `trace_dir` and adds up the durations of the trace events
   that are instructions of the compiled step (nested ones, such as a loop's body, count once,
   inside their loop) and the CPU runtime's waits for other devices (counted as waits also where
-  they happen inside an instruction). Returns the wall time per
-  step and the per-device milliseconds of each PROFILE_KINDS entry.
+  they happen inside an instruction). Returns the wall time per step and the per-device
+  milliseconds of each PROFILE_KINDS entry.
   """
-  import glob  # pylint: disable=g-import-not-at-top
-  import gzip  # pylint: disable=g-import-not-at-top
-  import re  # pylint: disable=g-import-not-at-top
   hlo = bench.compiled('train').as_text()
   lines = {m.group(1): m.group(0)
            for m in re.finditer(r'^\s*(?:ROOT )?%([\w.-]+) = .*$', hlo, re.MULTILINE)}
