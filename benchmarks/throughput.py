@@ -20,6 +20,9 @@ samples/s) is reported as a fraction of the machine's matmul ceiling: a large ma
   # Several configurations with overrides, and the input pipeline apart from the model:
   python benchmarks/throughput.py --config=configs/organmnist3d/vivit_keras_baseline.py \
       --config=configs/organmnist3d/vivit_best.py --set=model_dtype_str=bfloat16 --pipeline
+  # Where the train step's time goes, by kind of XLA operation (a jax.profiler trace):
+  python benchmarks/throughput.py --config=configs/organmnist3d/vivit_keras_baseline.py \
+      --modes=train --profile_steps=10
   # ViViT-B/16x2 on 32x224x224x3 clips, one of the four variants (see VIVIT_B_VARIANTS):
   python benchmarks/throughput.py --config=vivit_b/factorized_encoder --batch_size=2 --steps=1 \
       --windows=2 --warmup=1
