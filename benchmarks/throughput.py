@@ -449,8 +449,9 @@ def profile_train_step(bench, steps, trace_dir):
   Traces `steps` train steps into `trace_dir` and adds up the durations of the trace events
   that are instructions of the compiled step (nested ones, such as a loop's body, count once,
   inside their loop) and the CPU runtime's waits for other devices (counted as waits also where
-  they happen inside an instruction). Returns the wall time per step and the per-device
-  milliseconds of each PROFILE_KINDS entry.
+  they happen inside an instruction). Instructions that one device runs at the same time on
+  several threads each count in full, so the kinds can add up to more than the wall time.
+  Returns the wall time per step and the per-device milliseconds of each PROFILE_KINDS entry.
   """
   hlo = bench.compiled('train').as_text()
   lines = {m.group(1): m.group(0)
