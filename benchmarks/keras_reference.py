@@ -11,8 +11,10 @@ Training throughput is timed on the model's own `fit` loop (one epoch of `num_ba
 timed window, after `warmup` untimed windows that include compilation); evaluation throughput on
 `evaluate` and `predict`. Inputs are random uint8 voxels scaled to [0, 1], as the example feeds them.
 Each figure is the median over `repeats` windows, in samples per second; all windows are kept.
-Thread settings and `compile(jit_compile="auto")` (XLA on both backends on CPU) are left at each
-backend's defaults and recorded in the result.
+Thread settings and `compile(jit_compile="auto")` are left at each backend's defaults and recorded
+in the result. On a CPU-only machine "auto" means XLA on the JAX backend but none on TensorFlow
+(Keras turns XLA off there): the TensorFlow backend runs graph functions of TensorFlow's own
+(oneDNN) kernels.
 
 Run one backend per process (KERAS_BACKEND must be set before Keras is imported):
 

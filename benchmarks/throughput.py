@@ -489,6 +489,7 @@ def keras_comparison(bench, rounds, num_batches):
   of `num_batches` batches of the bench's global batch; medians and ratios of samples/s."""
   from benchmarks import keras_reference  # pylint: disable=g-import-not-at-top
   ours, theirs = [], {backend: [] for backend in keras_reference.BACKENDS}
+  jit_compile = {}
   bench.run('train', 2)
   for _ in range(rounds):
     ours.append(bench.window('train', num_batches))
@@ -496,11 +497,13 @@ def keras_comparison(bench, rounds, num_batches):
       reference = keras_reference.run_reference(backend, batch_size=bench.batch_size,
                                                 num_batches=num_batches, repeats=1)
       theirs[backend].append(reference['train_samples_per_s'])
+      jit_compile[backend] = reference['jit_compile']
   result = {'rounds': rounds, 'num_batches': num_batches, 'ours_samples_per_s': _median(ours),
             'ours_all': ours}
   for backend, rates in theirs.items():
     result[backend] = {'samples_per_s': _median(rates), 'all': rates,
-                       'ratio': _median(ours) / _median(rates)}
+                       'ratio': _median(ours) / _median(rates),
+                       'jit_compile': jit_compile[backend]}
   return result
 
 
