@@ -3,6 +3,7 @@ and, over configs in and just outside the valid ranges, whatever it accepts buil
 
 import functools
 import os
+import re
 import subprocess
 import sys
 
@@ -240,3 +241,19 @@ def test_fuzz_accepted_configs_train_and_rejected_ones_say_why(config):
   _, metrics = _COMPILED[key]()
   loss, count = metrics['loss']
   assert np.isfinite(np.asarray(loss)).all() and (np.asarray(count) == config.batch_size).all()
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'tta_flip_axes': (1, 3)}, r'tta_flip_axes=\(1, 3\) must be distinct volume axes'),
+    ({'tta_flip_axes': (2, 2)}, r'tta_flip_axes=\(2, 2\) must be distinct'),
+    ({'best_checkpoint_metric': 'los'}, r"best_checkpoint_metric='los' is not one of"),
+    ({'ema_decay': 1.0}, r'ema_decay=1.0 must be in \[0, 1\)'),
+    ({'class_weighted_loss': 1}, r'class_weighted_loss must be bool'),
+])
+def test_training_options_are_checked(overrides, message):
+  assert re.search(message, _error(_smoke(**overrides)))
+
+
+def test_training_options_pass_when_set():
+  validate(_smoke(tta_flip_axes=(0, 2), best_checkpoint_metric='auc', ema_decay=0.999,
+                  class_weighted_loss=True), num_devices=8)

@@ -129,3 +129,113 @@ def test_summarize_metrics_divides_totals():
   metrics = [{'loss': (np.array([6.0]), np.array([3.0]))},
              {'loss': (np.array([2.0]), np.array([1.0]))}]
   assert train_utils.summarize_metrics(metrics) == {'loss': pytest.approx(2.0)}
+
+
+def _vivit(config=None, counts=(5, 1, 2)):
+  config = config or _config()
+  meta = {'num_classes': len(counts), 'input_shape': (-1, 14, 14, 14, 1), 'task': 'multi-class',
+          'train_class_counts': counts}
+  return model.get_model_cls(config.model_name)(config, meta)
+
+
+def test_class_weighted_loss_matches_numpy():
+  config = _config()
+  config.class_weighted_loss = True
+  counts = np.array([5, 1, 2, 0])  # Class 3 has no training example: weight 0.
+  vivit = _vivit(config, tuple(counts))
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(6, 4)).astype(np.float32)
+  labels = rng.dirichlet(np.ones(4), size=6).astype(np.float32)  # Soft labels, as mixup makes.
+  labels[0] = np.eye(4)[1]
+  mask = np.array([1, 1, 1, 1, 1, 0], np.float32)
+  loss = vivit.loss_function(jnp.asarray(logits), {'label': labels, 'batch_mask': mask})
+
+  class_weights = np.where(counts > 0, counts.sum() / (4 * np.maximum(counts, 1)), 0.0)
+  np.testing.assert_allclose(vivit.class_weights(), [0.4, 2.0, 1.0, 0.0], rtol=1e-6)
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  ce = -(labels * log_p).sum(-1)
+  expected = (ce * (labels @ class_weights) * mask).sum() / mask.sum()
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+  config.class_weighted_loss = False
+  unweighted = _vivit(config, tuple(counts)).loss_function(
+      jnp.asarray(logits), {'label': labels, 'batch_mask': mask})
+  np.testing.assert_allclose(float(unweighted), (ce * mask).sum() / mask.sum(), rtol=1e-5)
+
+
+def test_class_weighted_loss_needs_the_class_counts():
+  config = _config()
+  config.class_weighted_loss = True
+  vivit = model.get_model_cls(config.model_name)(config, {'num_classes': 3})
+  with pytest.raises(ValueError, match='train_class_counts'):
+    vivit.loss_function(jnp.zeros((2, 3)), {'label': jnp.eye(3)[:2]})
+
+
+def test_ema_decay_is_debiased_early():
+  decays = [float(train_utils.ema_decay_at(0.999, n)) for n in (0, 1, 8, 990, 10_000)]
+  np.testing.assert_allclose(decays, [0.1, 2 / 11, 0.5, 991 / 1000, 0.999], rtol=1e-6)
+
+
+def test_train_step_updates_the_parameter_average():
+  state, batches, step = _smoke_setup()
+  config = _config(base_learning_rate=1e-3)
+  config.ema_decay = 0.9
+  state = state.replace(ema_params=state.params)
+  ema_step = functools.partial(step, ema_decay=0.9)
+  p_step = jax.pmap(ema_step, axis_name=train_utils.AXIS_NAME, devices=jax.local_devices()[:1])
+  replicated = jax_utils.replicate(state, jax.local_devices()[:1])
+  expected = jax.device_get(state.params)
+  for n, batch in enumerate(batches[:2], start=1):
+    replicated, _ = p_step(replicated, jax.tree_util.tree_map(lambda x: x[None], batch))
+    new = jax.device_get(train_utils.unreplicate(replicated))
+    decay = min(0.9, (1 + n) / (10 + n))
+    expected = jax.tree_util.tree_map(lambda e, p, d=decay: d * e + (1 - d) * p, expected,
+                                      new.params)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                           new.ema_params, expected)
+  # Without ema_decay the state keeps no average.
+  plain, _ = jax.pmap(step, axis_name=train_utils.AXIS_NAME, devices=jax.local_devices()[:1])(
+      jax_utils.replicate(state.replace(ema_params=None), jax.local_devices()[:1]),
+      jax.tree_util.tree_map(lambda x: x[None], batches[0]))
+  assert plain.ema_params is None
+
+
+def test_predict_averages_the_softmax_over_all_flips():
+  state, batches, _ = _smoke_setup()
+  leaves, tree = jax.tree_util.tree_flatten(state.params)  # The head starts at zero: perturb.
+  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+  state = state.replace(params=jax.tree_util.tree_unflatten(
+      tree, [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]))
+  x = jnp.asarray(batches[0]['inputs'][:4])
+
+  def probs(v):
+    return np.asarray(jax.nn.softmax(state.apply_fn({'params': state.params}, v, train=False)))
+
+  logits, plain = train_utils.predict(state.apply_fn, state.params, x)
+  np.testing.assert_allclose(plain, probs(x), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(logits, state.apply_fn({'params': state.params}, x, train=False))
+  logits, tta = train_utils.predict(state.apply_fn, state.params, x, (0, 2))
+  expected = (probs(x) + probs(x[:, ::-1]) + probs(x[:, :, :, ::-1])
+              + probs(x[:, ::-1, :, ::-1])) / 4
+  np.testing.assert_allclose(tta, expected, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(jax.nn.softmax(logits), tta, rtol=1e-5, atol=1e-7)
+  assert not np.allclose(tta, plain)
+
+
+def test_eval_step_predicts_with_the_parameter_average():
+  state, batches, _ = _smoke_setup()
+  vivit = _vivit(counts=(1,) * 11)
+  leaves, tree = jax.tree_util.tree_flatten(state.params)
+  keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
+  shifted = jax.tree_util.tree_unflatten(
+      tree, [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+  p_eval = jax.pmap(functools.partial(train_utils.eval_step,
+                                      metrics_fn=vivit.get_metrics_fn('validation')),
+                    axis_name=train_utils.AXIS_NAME, devices=jax.local_devices()[:1])
+  batch = jax.tree_util.tree_map(lambda x: x[None], batches[0])
+  devices = jax.local_devices()[:1]
+  _, with_ema = p_eval(jax_utils.replicate(state.replace(ema_params=shifted), devices), batch)
+  _, shifted_only = p_eval(jax_utils.replicate(state.replace(params=shifted), devices), batch)
+  _, without_ema = p_eval(jax_utils.replicate(state, devices), batch)
+  np.testing.assert_array_equal(with_ema['probabilities'], shifted_only['probabilities'])
+  assert not np.allclose(with_ema['probabilities'], without_ema['probabilities'])

@@ -210,3 +210,40 @@ def test_damaged_checkpoint_fails_naming_its_folder(reference, tmp_path):
     with pytest.raises(checkpoints.CheckpointDamagedError,
                        match=f'The checkpoint {folder} cannot be read .* Move {folder} out of'):
       checkpoints.restore_latest(manager, target)
+
+
+# The options whose state a resumed run must also restore: the parameter average (in the
+# checkpoint) and the best validation score so far (in checkpoints_best/), evaluated every 4 steps.
+EMA_FLAGS = ('--config.ema_decay=0.9', '--config.best_checkpoint_metric=accuracy',
+             '--config.log_eval_steps=4', '--config.tta_flip_axes=(1, 2)')
+
+
+def _results(workdir):
+  results = json.loads(open(os.path.join(workdir, 'results.json')).read())
+  del results['train_seconds']
+  return results
+
+
+def test_sigkill_then_resume_with_ema_and_best_checkpoint_is_bitwise_identical(
+    main, tmp_path):
+  reference_dir, workdir = str(tmp_path / 'reference'), str(tmp_path / 'resumed')
+  code, output = main.run(reference_dir, *EMA_FLAGS)
+  assert code == 0, output[-4000:]
+  kill_after = random.Random(8).randrange(6, STEPS - 6)
+  proc = main.start(workdir, *EMA_FLAGS)
+  _wait_for_checkpoint(proc, workdir, kill_after)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate(timeout=RUN_TIMEOUT_S)
+  killed_at = _steps(workdir)[-1]
+  assert 0 < killed_at < STEPS
+
+  code, output = main.run(workdir, *EMA_FLAGS)
+  assert code == 0, output[-4000:]
+  assert f'Resuming from the checkpoint of step {killed_at}' in output
+  _assert_same_params(workdir, reference_dir)  # The averages, which restore_params serves.
+  best, expected_best = (checkpoints.restore_params(w, 'best')[0]
+                         for w in (workdir, reference_dir))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, best, expected_best)
+  results = _results(workdir)
+  assert results == _results(reference_dir)
+  assert results['best']['step'] <= STEPS and 'balanced_accuracy' in results['best']['test']

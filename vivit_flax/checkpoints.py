@@ -1,9 +1,12 @@
 """Orbax checkpoints of the train state in `<workdir>/checkpoints/<step>/`.
 
-A checkpoint holds the whole resumable state (step, parameters, optimizer state, RNG;
-the step also fixes the data iterator's position) plus the dataset metadata needed to
-rebuild the model for inference. Orbax writes each step atomically (temporary directory,
-then rename), keeps the newest `max_checkpoints_to_keep`, and coordinates processes.
+A checkpoint holds the whole resumable state (step, parameters, their moving average when
+kept, optimizer state, RNG; the step also fixes the data iterator's position) plus the
+dataset metadata needed to rebuild the model for inference. Orbax writes each step
+atomically (temporary directory, then rename), keeps the newest `max_checkpoints_to_keep`,
+and coordinates processes. With config.best_checkpoint_metric, the state that scored best on
+validation is kept in `<workdir>/checkpoints_best/<step>/`, its metadata's 'best' entry
+holding the metric, its value and the validation scores.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import serialization
 
 
@@ -26,24 +30,26 @@ class CheckpointDamagedError(ValueError):
   """The newest checkpoint in a workdir exists but its files cannot be read."""
 
 
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+def checkpoint_dir(workdir: str, best: bool = False) -> str:
+  """`<workdir>/checkpoints`, or `<workdir>/checkpoints_best` with `best`."""
+  return os.path.join(os.path.abspath(workdir), 'checkpoints_best' if best else 'checkpoints')
 
 
 def create_manager(workdir: str, config: ml_collections.ConfigDict | None = None,
-                   ) -> ocp.CheckpointManager:
+                   best: bool = False) -> ocp.CheckpointManager:
   """A CheckpointManager for `workdir`: with `config`, the training run's (keeps
-  `config.max_checkpoints_to_keep` steps and deletes the temporary directories of saves
-  that a killed run left behind); without, a read-only one that never writes or deletes.
+  `config.max_checkpoints_to_keep` steps, or 1 with `best`, and deletes the temporary
+  directories of saves that a killed run left behind); without, a read-only one that never
+  writes or deletes. `best` manages `checkpoints_best/` instead of `checkpoints/`.
   """
   if config is None:
     options = ocp.CheckpointManagerOptions(read_only=True)
   else:
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=int(config.get('max_checkpoints_to_keep', 3)), create=True,
+        max_to_keep=1 if best else int(config.get('max_checkpoints_to_keep', 3)), create=True,
         cleanup_tmp_directories=True)
   return ocp.CheckpointManager(
-      checkpoint_dir(workdir), options=options,
+      checkpoint_dir(workdir, best), options=options,
       item_handlers={'state': ocp.StandardCheckpointHandler(),
                      'metadata': ocp.JsonCheckpointHandler()})
 
@@ -88,6 +94,9 @@ def restore_latest(manager: ocp.CheckpointManager, state):
 
   Shapes are compared before any array is read, so a checkpoint of another model fails
   with the name of the first mismatched parameter; a damaged one fails naming its folder.
+  Entries that are None in `state` (ema_params without EMA) need not be in the checkpoint; a
+  checkpoint without a parameter average restored into a state that keeps one (EMA switched
+  on for a resumed run) starts the average from the restored parameters.
   """
   step = manager.latest_step()
   if step is None:
@@ -95,9 +104,21 @@ def restore_latest(manager: ocp.CheckpointManager, state):
   where = os.path.join(str(manager.directory), str(step))
   target = jax.device_get(serialization.to_state_dict(state))
   try:
-    check_compatible(manager.item_metadata(step)['state'], target, where)
+    saved = manager.item_metadata(step)['state']
+    start_average = target.get('ema_params') is not None and saved.get('ema_params') is None
+    if start_average:
+      logging.warning('The checkpoint %s has no parameter average: it starts from its '
+                      'parameters.', where)
+      target['ema_params'] = None
+    # None entries (no arrays) restore as None whether or not the checkpoint names them.
+    absent = {key for key, value in target.items() if value is None and key not in saved}
+    target = {key: value for key, value in target.items() if key not in absent}
+    check_compatible(saved, target, where)
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target)))['state']
+    restored.update({key: None for key in absent})
+    if start_average:
+      restored['ema_params'] = restored['params']
   except CheckpointMismatchError:
     raise
   except Exception as error:  # Orbax and TensorStore report damage with many exception types.
@@ -108,14 +129,38 @@ def restore_latest(manager: ocp.CheckpointManager, state):
   return serialization.from_state_dict(state, restored)
 
 
-def restore_params(workdir: str) -> tuple[Any, dict[str, Any]]:
-  """Parameters and dataset metadata of the newest checkpoint in `workdir` (for inference)."""
-  with create_manager(workdir) as manager:
+def restore_metadata(manager: ocp.CheckpointManager) -> dict[str, Any] | None:
+  """The JSON metadata of the manager's newest checkpoint, or None if it has none."""
+  step = manager.latest_step()
+  if step is None:
+    return None
+  return dict(manager.restore(step, args=ocp.args.Composite(
+      metadata=ocp.args.JsonRestore()))['metadata'])
+
+
+def has_checkpoint(workdir: str, best: bool = False) -> bool:
+  """Whether `<workdir>/checkpoints` (or `checkpoints_best`) holds a finished checkpoint (Orbax
+  renames a save to its step number when it is complete)."""
+  folder = checkpoint_dir(workdir, best)
+  return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
+
+
+def restore_params(workdir: str, checkpoint: str = 'latest') -> tuple[Any, dict[str, Any]]:
+  """Parameters to serve and dataset metadata of a checkpoint in `workdir` (for inference).
+
+  `checkpoint`: 'latest' (the newest in checkpoints/) or 'best' (the one in checkpoints_best/,
+  else the newest). The parameters are the moving average where the run kept one.
+  """
+  if checkpoint not in ('latest', 'best'):
+    raise ValueError(f"checkpoint={checkpoint!r}: use 'best' or 'latest'.")
+  best = checkpoint == 'best' and has_checkpoint(workdir, best=True)
+  with create_manager(workdir, best=best) as manager:
     step = manager.latest_step()
     if step is None:
       raise FileNotFoundError(f'No checkpoint in {checkpoint_dir(workdir)}: train first with '
                               f'`python main.py --config=... --workdir={workdir}`.')
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore()))
-  params = jax.tree_util.tree_map(np.asarray, restored['state']['params'])
-  return params, dict(restored['metadata'])
+  state = restored['state']
+  params = state['params'] if state.get('ema_params') is None else state['ema_params']
+  return jax.tree_util.tree_map(np.asarray, params), dict(restored['metadata'])

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vivit_flax import checkpoints, model
+from vivit_flax import checkpoints, model, train_utils
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -23,22 +23,28 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def load_predictor(workdir: str) -> Callable[[np.ndarray], np.ndarray]:
-  """A function from volumes to class probabilities, using the newest checkpoint in `workdir`.
+def load_predictor(workdir: str, checkpoint: str = 'best') -> Callable[[np.ndarray], np.ndarray]:
+  """A function from volumes to class probabilities, using a checkpoint in `workdir`.
+
+  `checkpoint`: 'best' (the best-on-validation one that config.best_checkpoint_metric kept,
+  else the newest) or 'latest' (the newest). It predicts as evaluation scored: with the
+  moving-average parameters where the run kept them, and averaging over the flips of
+  config.tta_flip_axes (`train_utils.predict`).
 
   The function takes uint8 volumes `[N, T, H, W]` or `[N, T, H, W, C]` (depth first, as
   MedMNIST stores them; float input is taken as already scaled to [0, 1]) and returns
   float32 probabilities `[N, num_classes]`.
   """
   config = load_config(workdir)
-  params, meta = checkpoints.restore_params(workdir)
+  params, meta = checkpoints.restore_params(workdir, checkpoint)
   meta['input_shape'] = tuple(meta['input_shape'])
   flax_model = model.get_model_cls(config.model_name)(config, meta).flax_model
+  flip_axes = tuple(config.get('tta_flip_axes') or ())
   expected = meta['input_shape'][1:]
 
   @jax.jit
   def probabilities(x):
-    return jax.nn.softmax(flax_model.apply({'params': params}, x, train=False), axis=-1)
+    return train_utils.predict(flax_model.apply, params, x, flip_axes)[1]
 
   def predict(volumes: np.ndarray) -> np.ndarray:
     volumes = np.asarray(volumes)

@@ -3,8 +3,8 @@ r"""Prediction report of a workdir: animated volumes captioned with true and pre
   python -m vivit_flax.report --workdir=/tmp/organ [--split=test] [--num_samples=25] \
       [--out=/tmp/organ/report]
 
-Predicts the whole split with the workdir's newest checkpoint and writes to --out (default
-<workdir>/report):
+Predicts the whole split with the workdir's best checkpoint (else its newest; see
+inference.load_predictor) and writes to --out (default <workdir>/report):
 
   samples/sample_<i>.gif  the first num_samples examples, one frame per depth (time) slice; the
                           bar under each frame shows the slice's position
@@ -37,9 +37,8 @@ from vivit_flax import checkpoints, datasets, evaluation, inference
 GIF_SIZE = 128           # GIF frames are upscaled (nearest neighbour) to at least this many pixels
 GIF_FRAME_MS = 80
 PREDICT_BATCH = 32
-_CELL = 40               # confusion-matrix cell size, pixels
+_CELL = evaluation.CONFUSION_CELL
 _PAD = 6
-_BLUE = np.array([31, 94, 168], np.float32)
 _RIGHT, _WRONG = (26, 127, 55), (207, 34, 46)
 
 
@@ -137,45 +136,8 @@ def grid_image(volumes: Sequence[np.ndarray], captions: Sequence[str],
   return grid
 
 
-def _vertical_text(text: str, font) -> Image.Image:
-  """`text` in black, rotated to read bottom to top, on a transparent background."""
-  width, height = _text_size(font, text)
-  image = Image.new('RGBA', (width + 2, height + 4), (0, 0, 0, 0))
-  ImageDraw.Draw(image).text((1, 2), text, font=font, fill='black', anchor='lt')
-  return image.rotate(90, expand=True)
-
-
-def confusion_matrix_image(matrix: np.ndarray, label_names: Sequence[str]) -> np.ndarray:
-  """A confusion matrix [true, predicted] drawn as uint8 RGB [H, W, 3]: each cell shows its count
-  on a blue whose depth is the count's share of its row; rows are true classes, columns
-  predicted ones. For TensorBoard: writer.write_images(step, {'confusion_matrix': image[None]})."""
-  matrix = np.asarray(matrix)
-  n = len(matrix)
-  names = [str(label_names[i]) if i < len(label_names) else str(i) for i in range(n)]
-  font, title_font = _font(12), _font(14)
-  label_w = max(_text_size(font, name)[0] for name in names) + 2 * _PAD
-  title_h = _text_size(title_font, 'Predicted')[1] + 2 * _PAD
-  left, top = title_h + label_w, title_h + label_w
-  image = Image.new('RGB', (left + n * _CELL + _PAD, top + n * _CELL + _PAD), 'white')
-  draw = ImageDraw.Draw(image)
-  draw.text((left + n * _CELL // 2, _PAD), 'Predicted', font=title_font, fill='black', anchor='mt')
-  true_title = _vertical_text('True', title_font)
-  image.paste(true_title, (_PAD, top + (n * _CELL - true_title.height) // 2), true_title)
-  shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-  for i, name in enumerate(names):
-    draw.text((left - _PAD, top + i * _CELL + _CELL // 2), name, font=font, fill='black',
-              anchor='rm')
-    label = _vertical_text(name, font)
-    image.paste(label, (left + i * _CELL + (_CELL - label.width) // 2, top - _PAD - label.height),
-                label)
-    for j in range(n):
-      colour = tuple(int(c) for c in 255 - shares[i, j] * (255 - _BLUE))
-      box = (left + j * _CELL, top + i * _CELL)
-      draw.rectangle([box, (box[0] + _CELL - 1, box[1] + _CELL - 1)], fill=colour,
-                     outline=(200, 200, 200))
-      draw.text((box[0] + _CELL // 2, box[1] + _CELL // 2), str(int(matrix[i, j])), font=font,
-                fill='white' if shares[i, j] > 0.5 else 'black', anchor='mm')
-  return np.asarray(image)
+# Moved to evaluation (the trainer draws it for TensorBoard); kept here under its old name.
+confusion_matrix_image = evaluation.confusion_matrix_image
 
 
 def predict_split(predict, images: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
@@ -226,12 +188,13 @@ figcaption {{ font-size: 13px; margin-top: 4px; }}
 
 def write_report(workdir: str, split: str = 'test', num_samples: int = 25,
                  out: str | None = None) -> dict[str, object]:
-  """Predicts `split` with the workdir's newest checkpoint and writes the report files to `out`
-  (default <workdir>/report); returns their paths ('gifs', 'grid', 'confusion_matrix', 'html')."""
+  """Predicts `split` with the workdir's best (else newest) checkpoint and writes the report
+  files to `out` (default <workdir>/report); returns their paths ('gifs', 'grid',
+  'confusion_matrix', 'html')."""
   out = out or os.path.join(workdir, 'report')
   config = inference.load_config(workdir)
   predict = inference.load_predictor(workdir)
-  _, metadata = checkpoints.restore_params(workdir)
+  _, metadata = checkpoints.restore_params(workdir, 'best')
   dataset = datasets.get_dataset(config, process_index=0, process_count=1, local_device_count=1)
   images, labels = dataset.arrays(split)
   names = metadata.get('label_names') or dataset.meta_data['label_names']

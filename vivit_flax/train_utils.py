@@ -9,7 +9,8 @@ device of every process.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+import itertools
+from typing import Any, Callable, Sequence
 
 import flax
 import jax
@@ -26,8 +27,15 @@ AXIS_NAME = 'batch'
 
 
 class TrainState(flax_train_state.TrainState):
-  """Flax train state plus the base RNG from which per-step, per-device keys are folded."""
+  """Flax train state plus the base RNG from which per-step, per-device keys are folded, and
+  the exponential moving average of the parameters (None unless config.ema_decay is set)."""
   rng: jnp.ndarray
+  ema_params: Any = None
+
+  @property
+  def eval_params(self) -> Any:
+    """The parameters to evaluate and serve: the moving average when kept, else the params."""
+    return self.params if self.ema_params is None else self.ema_params
 
 
 def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -117,17 +125,32 @@ def create_train_state(flax_model, input_shape, config: ml_collections.ConfigDic
   init_rng, train_rng = jax.random.split(rng)
   params = initialize_params(flax_model, input_shape, init_rng)
   state = TrainState.create(apply_fn=flax_model.apply, params=params,
-                            tx=create_optimizer(config, learning_rate_fn), rng=train_rng)
+                            tx=create_optimizer(config, learning_rate_fn), rng=train_rng,
+                            ema_params=params if config.get('ema_decay') is not None else None)
   # A strongly typed step, as the train step returns it, so the second step does not recompile.
   return state.replace(step=jnp.zeros([], jnp.int32))
 
 
+def ema_decay_at(decay: float, num_updates: jnp.ndarray) -> jnp.ndarray:
+  """TF ExponentialMovingAverage's debiased decay: min(decay, (1 + n) / (10 + n)) after n updates.
+
+  Early on the average follows the parameters closely (0.18 after the first update, 0.5
+  after the eighth) instead of staying near the random initialisation for ~1 / (1 - decay)
+  steps, which would dominate a run of a few thousand steps at decay 0.999.
+  """
+  n = jnp.asarray(num_updates, jnp.float32)
+  return jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+
+
 def train_step(state: TrainState, batch: Batch, *, loss_fn: Callable, metrics_fn: Callable,
-               learning_rate_fn: Callable) -> tuple[TrainState, Metrics]:
+               learning_rate_fn: Callable,
+               ema_decay: float | None = None) -> tuple[TrainState, Metrics]:
   """One data-parallel optimisation step on this device's shard of the global batch.
 
   Dropout and stochastic-depth keys are folded from the state's RNG by step and device
   index, so every device draws different noise and a resumed run draws the same noise.
+  With `ema_decay`, `state.ema_params` moves towards the updated parameters by
+  1 - ema_decay_at(ema_decay, step after the update).
   """
   step_rng = jax.random.fold_in(state.rng, state.step)
   dropout_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(AXIS_NAME))
@@ -140,21 +163,51 @@ def train_step(state: TrainState, batch: Batch, *, loss_fn: Callable, metrics_fn
   (_, logits), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
   grads = jax.lax.pmean(grads, axis_name=AXIS_NAME)
   new_state = state.apply_gradients(grads=grads)
+  if ema_decay is not None:
+    decay = ema_decay_at(ema_decay, new_state.step)
+    new_state = new_state.replace(ema_params=optax.incremental_update(
+        new_state.params, state.ema_params, step_size=1.0 - decay))
   metrics = metrics_fn(logits, batch)
   metrics['learning_rate'] = (learning_rate_fn(state.step), jnp.ones([]))
   metrics['grad_norm'] = (optax.tree.norm(grads), jnp.ones([]))
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: Batch, *,
-              metrics_fn: Callable) -> tuple[Metrics, dict[str, jnp.ndarray]]:
+def predict(apply_fn: Callable, params: Any, inputs: jnp.ndarray,
+            flip_axes: Sequence[int] = ()) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Logits and float32 class probabilities of `inputs` [N, T, H, W, C].
+
+  With `flip_axes` (volume axes: 0 depth, 1 height, 2 width), test-time augmentation: the
+  probabilities are the mean of the softmax over all 2^k combinations of flips along those
+  axes, and the logits returned are their log (so argmax and cross-entropy score the mean).
+  Evaluation and `inference.load_predictor` both predict through this function.
+  """
+  flip_axes = tuple(sorted(set(int(a) for a in flip_axes)))
+  if not flip_axes:
+    logits = apply_fn({'params': params}, inputs, train=False)
+    return logits, jax.nn.softmax(logits.astype(jnp.float32))
+  total = None
+  for subset in itertools.product((False, True), repeat=len(flip_axes)):
+    axes = tuple(1 + a for a, flip in zip(flip_axes, subset) if flip)
+    x = jnp.flip(inputs, axis=axes) if axes else inputs
+    p = jax.nn.softmax(apply_fn({'params': params}, x, train=False).astype(jnp.float32))
+    total = p if total is None else total + p
+  probabilities = total / (2 ** len(flip_axes))
+  return jnp.log(jnp.maximum(probabilities, jnp.finfo(jnp.float32).tiny)), probabilities
+
+
+def eval_step(state: TrainState, batch: Batch, *, metrics_fn: Callable,
+              tta_flip_axes: Sequence[int] = ()) -> tuple[Metrics, dict[str, jnp.ndarray]]:
   """Summed, weighted metrics of one evaluation batch, and every device's predictions.
 
-  The predictions (softmax probabilities, labels, weights) are gathered over all devices
-  of all processes, so each host can compute dataset-level scores such as AUC.
+  Predicts with `state.eval_params` (the moving average when kept) through `predict`
+  (test-time flips `tta_flip_axes`). The predictions (probabilities, labels, weights) are
+  gathered over all devices of all processes, so each host can compute dataset-level
+  scores such as AUC.
   """
-  logits = state.apply_fn({'params': state.params}, batch['inputs'], train=False)
-  outputs = {'probabilities': jax.nn.softmax(logits.astype(jnp.float32)),
+  logits, probabilities = predict(state.apply_fn, state.eval_params, batch['inputs'],
+                                  tta_flip_axes)
+  outputs = {'probabilities': probabilities,
              'labels': jnp.argmax(batch['label'], axis=-1),
              'batch_mask': batch['batch_mask']}
   return metrics_fn(logits, batch), jax.lax.all_gather(outputs, AXIS_NAME)

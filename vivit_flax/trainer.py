@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from vivit_flax import checkpoints, datasets, evaluation, model, pretrained, report, train_utils
+from vivit_flax import checkpoints, datasets, evaluation, model, pretrained, train_utils
 from vivit_flax.datasets import input_pipeline
 
 
@@ -85,16 +85,26 @@ class Trainer:
     self.p_train_step = jax.pmap(
         functools.partial(train_utils.train_step, loss_fn=self.model.loss_function,
                           metrics_fn=self.model.get_metrics_fn('train'),
-                          learning_rate_fn=self.learning_rate_fn),
+                          learning_rate_fn=self.learning_rate_fn,
+                          ema_decay=config.get('ema_decay')),
         axis_name=train_utils.AXIS_NAME, donate_argnums=(0,))
     self.p_eval_step = jax.pmap(
         functools.partial(train_utils.eval_step,
-                          metrics_fn=self.model.get_metrics_fn('validation')),
+                          metrics_fn=self.model.get_metrics_fn('validation'),
+                          tta_flip_axes=tuple(config.get('tta_flip_axes') or ())),
         axis_name=train_utils.AXIS_NAME)
     self.writer = metric_writers.create_default_writer(
         workdir, just_logging=not (self.is_chief and config.get('write_summary', True)))
     self.manager = checkpoints.create_manager(workdir, config) if config.get(
         'checkpoint', True) else None
+    # Keras' ModelCheckpoint(save_best_only=True): the state of the best validation score.
+    self.best_metric = config.get('best_checkpoint_metric')
+    if self.best_metric and self.manager is None:
+      logging.warning('best_checkpoint_metric=%r is ignored: checkpoint=False.',
+                      self.best_metric)
+    self.best_manager = checkpoints.create_manager(workdir, config, best=True) if (
+        self.best_metric and self.manager is not None) else None
+    self.best = None  # {'metric', 'value', 'step', 'validation'} of the best checkpoint so far.
 
   def checkpoint_metadata(self) -> dict[str, Any]:
     keys = ('num_classes', 'input_shape', 'label_names', 'task', 'dataset_name')
@@ -110,8 +120,18 @@ class Trainer:
     if int(state.step) > 0:
       logging.info('Resuming from the checkpoint of step %d in %s.', int(state.step), self.workdir)
     else:
-      state = state.replace(params=pretrained.apply_init_from(self.model, state.params))
+      params = pretrained.apply_init_from(self.model, state.params)
+      state = state.replace(params=params,
+                            ema_params=None if state.ema_params is None else params)
       parameter_overview.log_parameter_overview(state.params)
+    if self.best_manager is not None:
+      metadata = checkpoints.restore_metadata(self.best_manager)
+      self.best = None if metadata is None else metadata.get('best')
+      if self.best is not None and self.best.get('metric') != self.best_metric:
+        logging.warning('The best checkpoint in %s was chosen by %r, this run by %r: it will be '
+                        'replaced by the first evaluation.', self.best_manager.directory,
+                        self.best.get('metric'), self.best_metric)
+        self.best = None
     write_config(self.config, self.workdir)
     return state
 
@@ -119,14 +139,37 @@ class Trainer:
     if self.manager is not None:
       checkpoints.save(self.manager, train_utils.unreplicate(state), self.checkpoint_metadata())
 
-  def evaluate(self, state, split: str, step: int) -> tuple[dict[str, float], dict]:
+  def evaluate(self, state, split: str, step: int,
+               prefix: str | None = None) -> tuple[dict[str, float], dict]:
+    """Scores of `split`, written to TensorBoard as `<prefix>_<metric>` (valid_, test_)."""
     results, predictions = evaluation.evaluate(
         self.p_eval_step, state, input_pipeline.prefetch_to_device(
             self.dataset.eval_iter(split), self.config.dataset_configs.get('prefetch_to_device', 2)),
         task=self.meta['task'])
-    prefix = 'valid' if split == 'validation' else split
+    prefix = prefix or ('valid' if split == 'validation' else split)
     self.writer.write_scalars(step, {f'{prefix}_{k}': v for k, v in results.items()})
     return results, predictions
+
+  def save_if_best(self, state, scores: dict[str, float], step: int) -> None:
+    """Saves `state` to checkpoints_best/ when its validation `scores` beat the best so far
+    (strictly, on best_checkpoint_metric, maximised; NaN never does)."""
+    if self.best_manager is None:
+      return
+    if self.best_metric not in scores:
+      raise ValueError(f'best_checkpoint_metric={self.best_metric!r} is not among the '
+                       f'validation scores: {", ".join(sorted(scores))}.')
+    value = float(scores[self.best_metric])
+    if not value > (float('-inf') if self.best is None else self.best['value']):
+      return
+    self.best = {'metric': self.best_metric, 'value': value, 'step': step,
+                 'validation': dict(scores)}
+    logging.info('Best %s so far (%.6g) at step %d: saving it in %s.', self.best_metric, value,
+                 step, self.best_manager.directory)
+    for later in self.best_manager.all_steps():  # Orbax saves no step before its latest one.
+      if later >= step:  # A resumed run, with another config, improved on an earlier step.
+        self.best_manager.delete(later)
+    checkpoints.save(self.best_manager, train_utils.unreplicate(state),
+                     self.checkpoint_metadata() | {'best': self.best})
 
   def flush_train_metrics(self, metrics_list, first_step: int, step: int) -> None:
     """Writes the mean train metrics since the last flush; stops on a non-finite loss or gradient."""
@@ -172,39 +215,66 @@ class Trainer:
           metrics_list, first_step = [], step + 1
         if step % self.log_eval_steps == 0 and not last:
           with report.timed('eval'):
-            self.evaluate(state, 'validation', step)
+            scores, _ = self.evaluate(state, 'validation', step)
+            self.save_if_best(state, scores, step)
         if step % self.checkpoint_steps == 0 or last or preempted:
           with report.timed('checkpoint'):
             self.save(state)
         if preempted:
           self.manager.wait_until_finished()
+          if self.best_manager is not None:
+            self.best_manager.wait_until_finished()
           logging.warning('Preempted: checkpoint of step %d saved in %s; rerun the same command '
                           'to resume.', step, self.workdir)
           return {'preempted_at_step': step}
     finally:
-      if self.manager is not None:
-        self.manager.wait_until_finished()
+      for manager in (self.manager, self.best_manager):
+        if manager is not None:
+          manager.wait_until_finished()
       if guard is not None:
         guard.release()
       self.writer.flush()
     return self.final_results(state, time.time() - start_time)
 
   def final_results(self, state, train_seconds: float) -> dict[str, Any]:
-    """Validation and test scores of the final state, written to `<workdir>/results.json`."""
+    """Validation and test scores of the final state, written to `<workdir>/results.json`.
+
+    With best_checkpoint_metric, the final validation may also make the final state the best;
+    'best' then holds the step, validation and test scores of the best checkpoint.
+    """
     results = {'dataset': self.meta['dataset_name'], 'data_file': self.meta.get('data_file'),
                'steps': self.total_steps, 'train_seconds': train_seconds,
                'num_devices': jax.device_count()}
     for split in ('validation', 'test'):
       scores, predictions = self.evaluate(state, split, self.total_steps)
       results[split] = scores
-      matrix_image = report.confusion_matrix_image(predictions['confusion_matrix'],
-                                                   self.meta['label_names'])
+      if split == 'validation':
+        self.save_if_best(state, scores, self.total_steps)
+      matrix_image = evaluation.confusion_matrix_image(predictions['confusion_matrix'],
+                                                       self.meta['label_names'])
       self.writer.write_images(self.total_steps, {f'{split}_confusion_matrix': matrix_image[None]})
       logging.info('%s: %s', split, json.dumps(scores))
+    if self.best_manager is not None:
+      results['best'] = self.best_results(state, results['test'])
     if self.is_chief:
       _write_atomic(os.path.join(self.workdir, 'results.json'), json.dumps(results, indent=2))
     self.writer.flush()
     return results
+
+  def best_results(self, state, final_test: dict[str, float]) -> dict[str, Any] | None:
+    """{'step', 'validation', 'test'} of the best checkpoint (None if none was saved)."""
+    self.best_manager.wait_until_finished()
+    if self.best is None:
+      return None
+    step = int(self.best['step'])
+    if step == self.total_steps:
+      test = final_test
+    else:
+      best_state = checkpoints.restore_latest(self.best_manager, train_utils.unreplicate(state))
+      test, _ = self.evaluate(train_utils.replicate(best_state), 'test', self.total_steps,
+                              prefix='best_test')
+    logging.info('best (step %d): test %s', step, json.dumps(test))
+    return {'step': step, 'validation': self.best['validation'], 'test': test}
 
 
 def _write_atomic(path: str, text: str) -> None:

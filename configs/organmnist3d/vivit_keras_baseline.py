@@ -64,6 +64,8 @@ def get_config():
   config.l2_decay_factor = placeholder(float)
   config.max_grad_norm = placeholder(float)
   config.label_smoothing = placeholder(float)
+  config.class_weighted_loss = False  # True: cross-entropy weighted n / (classes * class count).
+  config.ema_decay = placeholder(float)  # e.g. 0.999: evaluate/serve a debiased parameter EMA.
   config.num_training_epochs = 60
   config.num_training_steps = placeholder(int)  # Overrides the epochs when set.
   config.batch_size = 32
@@ -86,6 +88,9 @@ def get_config():
   config.max_checkpoints_to_keep = 3
   config.write_summary = True
   config.checkpoint = True
+  # e.g. 'auc': also keep the best-on-validation state in <workdir>/checkpoints_best/.
+  config.best_checkpoint_metric = placeholder(str)
+  config.tta_flip_axes = ()  # e.g. (1, 2): average predictions over height/width flips.
   config.stop_on_nan = True
   config.deterministic = False  # True: also fixed reduction order on GPUs (slower).
   return config

@@ -1,0 +1,77 @@
+"""inference.load_predictor serves what evaluation scored: the moving-average parameters, the
+test-time flips, and the best-on-validation checkpoint by default. One in-process run of 12
+steps on the smoke config with every one of those options on."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs.synthetic import vivit_smoke
+from vivit_flax import checkpoints, inference, train_utils, trainer
+from vivit_flax.datasets import synthetic
+
+STEPS = 12
+
+
+def _config(data_dir):
+  config = vivit_smoke.get_config()
+  config.dataset_configs.data_dir = data_dir
+  config.num_training_steps = STEPS
+  config.log_eval_steps = 4
+  config.checkpoint_steps = 4
+  config.write_summary = False
+  config.ema_decay = 0.9
+  config.best_checkpoint_metric = 'accuracy'
+  config.tta_flip_axes = (1, 2)
+  config.class_weighted_loss = True
+  return config
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  """(config, workdir, results) of the run."""
+  sizes = vivit_smoke.get_config().dataset_configs
+  data_dir = tmp_path_factory.mktemp('data')
+  synthetic.write(str(data_dir / synthetic.FILE_NAME), num_train=sizes.num_train,
+                  num_val=sizes.num_val, num_test=sizes.num_test)
+  config = _config(str(data_dir))
+  workdir = str(tmp_path_factory.mktemp('run'))
+  results = trainer.train_and_evaluate(config, workdir)
+  return config, workdir, results
+
+
+def test_predictor_returns_the_probabilities_evaluation_scored(run):
+  config, workdir, results = run
+  run_trainer = trainer.Trainer(config, workdir)
+  state = run_trainer.initial_state()  # The newest checkpoint: the final state.
+  assert int(state.step) == STEPS and state.ema_params is not None
+  scores, predictions = run_trainer.evaluate(train_utils.replicate(state), 'test', STEPS)
+  assert scores == results['test']
+  images, labels = run_trainer.dataset.arrays('test')
+  probabilities = inference.load_predictor(workdir, checkpoint='latest')(images)
+  np.testing.assert_array_equal(predictions['labels'], labels)
+  np.testing.assert_allclose(probabilities, predictions['probabilities'], rtol=1e-5, atol=1e-6)
+  # The moving average, not the parameters, is what is served.
+  params, _ = checkpoints.restore_params(workdir, 'latest')
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params,
+                         jax.device_get(state.ema_params))
+
+
+def test_best_checkpoint_is_kept_reported_and_served_by_default(run):
+  config, workdir, results = run
+  with open(os.path.join(workdir, 'results.json')) as f:
+    assert json.load(f) == json.loads(json.dumps(results))
+  best = results['best']
+  assert set(best) == {'step', 'validation', 'test'} and best['step'] in (4, 8, 12)
+  assert best['validation']['accuracy'] >= results['validation']['accuracy']
+  assert os.listdir(checkpoints.checkpoint_dir(workdir, best=True)) == [str(best['step'])]
+  images, labels = trainer.Trainer(config, workdir).dataset.arrays('test')
+  served = inference.load_predictor(workdir)(images).argmax(-1)
+  assert np.mean(served == labels) == pytest.approx(best['test']['accuracy'])
+  latest = inference.load_predictor(workdir, checkpoint='latest')(images).argmax(-1)
+  assert np.mean(latest == labels) == pytest.approx(results['test']['accuracy'])
+  with pytest.raises(ValueError, match="'newest'"):
+    inference.load_predictor(workdir, checkpoint='newest')
