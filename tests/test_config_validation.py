@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from configs.medmnist3d import vivit_recipe
 from configs.organmnist3d import vivit_keras_baseline
 from configs.synthetic import vivit_demo, vivit_smoke
 from vivit_flax import model, train_utils
 from vivit_flax.config_validation import ConfigError, validate
+from vivit_flax.datasets import medmnist3d
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,6 +60,16 @@ def test_every_organmnist3d_config_validates(name):
   """Each shipped experiment builds its model on OrganMNIST3D's shapes (no file needed)."""
   module = __import__(f'configs.organmnist3d.{name}', fromlist=['get_config'])
   config = module.get_config()
+  config.dataset_configs.download = True
+  validate(config, num_devices=1)
+
+
+@pytest.mark.parametrize('size', [28, 64])
+@pytest.mark.parametrize('name', medmnist3d.NAMES)
+def test_medmnist_recipe_validates_for_every_set_and_size(name, size):
+  """The recipe, unchanged, builds for each of the six MedMNIST 3D sets at both sizes."""
+  config = vivit_recipe.get_config(f'{name},{size}')
+  assert (config.dataset_configs.name, config.dataset_configs.size) == (name, size)
   config.dataset_configs.download = True
   validate(config, num_devices=1)
 

@@ -356,6 +356,51 @@ def test_model1_block_matches_plain_math():
   np.testing.assert_allclose(out, want, atol=1e-5, rtol=1e-5)
 
 
+def test_map_head_matches_plain_math():
+  head = vivit.MAPHead(num_heads=4, mlp_dim=64)
+  x = jax.random.normal(jax.random.key(5), (2, 9, 32))
+  params = random_params(lambda v: head.init(jax.random.key(0), v), x)
+  out = head.apply({'params': params}, x)
+  p = params['MultiHeadDotProductAttention_0']
+  probe = jnp.broadcast_to(params['probe'], (2, 1, 32))
+  q = plain_projections(probe, p)[0]
+  _, k, v = plain_projections(x, p)
+  pooled = plain_out(plain_attention(q, k, v), p['out'])
+  want = pooled + plain_mlp(plain_layer_norm(pooled, params['LayerNorm_0']),
+                            params['MlpBlock_0'])
+  np.testing.assert_allclose(out, want[:, 0], atol=1e-5, rtol=1e-5)
+  shuffled = head.apply({'params': params}, x[:, ::-1])  # Order-free pooling.
+  np.testing.assert_allclose(shuffled, out, atol=1e-5, rtol=1e-5)
+
+
+def test_conv_stem_matches_lax_convolution_and_sets_the_token_grid():
+  config = make_config(stem=dict(features=(8, 16), strides=(1, 2)),
+                       patches=dict(size=(2, 2, 2)))
+  model = build(config)
+  assert model.flax_model.token_grid(INPUT[:3]) == (4, 4, 4)
+  params = init_params(model)
+  x = clips()
+  stem = params['stem']
+  want = x
+  for i, stride in enumerate((1, 2)):
+    want = jax.lax.conv_general_dilated(
+        want, stem[f'conv_{i}'], (stride,) * 3, 'SAME',
+        dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'))
+    want = jax.nn.relu(want + stem[f'bias_{i}'])
+  got = vivit.ConvStem((8, 16), (1, 2)).apply({'params': stem}, x)
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+  assert model.flax_model.apply({'params': params}, x, train=False).shape == (
+      2, NUM_CLASSES)
+
+
+def test_stem_stride_that_does_not_divide_the_input_is_refused():
+  config = make_config(stem=dict(features=(8,), strides=(3,)))
+  with pytest.raises(ValueError, match='stem.strides'):
+    build(config)
+  with pytest.raises(ValueError, match='one entry per convolution'):
+    build(make_config(stem=dict(features=(8, 8), strides=(1,))))
+
+
 # ------------------------------------------------------- information flow
 def test_factorised_encoder_spatial_stage_sees_one_time_index():
   model = build(make_config('factorized_encoder', 'gap'))

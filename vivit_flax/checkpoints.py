@@ -145,11 +145,13 @@ def has_checkpoint(workdir: str, best: bool = False) -> bool:
   return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
 
 
-def restore_params(workdir: str, checkpoint: str = 'latest') -> tuple[Any, dict[str, Any]]:
+def restore_params(workdir: str, checkpoint: str = 'latest', *,
+                   moving_average: bool = True) -> tuple[Any, dict[str, Any]]:
   """Parameters to serve and dataset metadata of a checkpoint in `workdir` (for inference).
 
   `checkpoint`: 'latest' (the newest in checkpoints/) or 'best' (the one in checkpoints_best/,
-  else the newest). The parameters are the moving average where the run kept one.
+  else the newest). The parameters are the moving average where the run kept one, unless
+  `moving_average` is False (then the optimizer's own parameters).
   """
   if checkpoint not in ('latest', 'best'):
     raise ValueError(f"checkpoint={checkpoint!r}: use 'best' or 'latest'.")
@@ -162,5 +164,6 @@ def restore_params(workdir: str, checkpoint: str = 'latest') -> tuple[Any, dict[
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore()))
   state = restored['state']
-  params = state['params'] if state.get('ema_params') is None else state['ema_params']
+  use_average = moving_average and state.get('ema_params') is not None
+  params = state['ema_params'] if use_average else state['params']
   return jax.tree_util.tree_map(np.asarray, params), dict(restored['metadata'])

@@ -49,12 +49,15 @@ SCHEMA: dict[str, Any] = {
         'one_hot_labels': '*', 'zero_centering': '*', 'do_multicrop_test': '*',
         'log_test_epochs': '*', 'num_test_clips': '*', 'test_batch_size': '*',
         'do_three_spatial_crops': '*', 'augmentation_params': '*',
+        'augmentation': {'flip_axes': _SEQ, 'rotate_planes': _SEQ, 'max_shift': _INT,
+                         'intensity': _NUM, 'mixup_alpha': _NUM, 'cutmix_alpha': _NUM},
     },
     'data_dtype_str': _STR,
     'model_name': _STR,
     'model': {
         'hidden_size': _INT, 'num_heads': _INT, 'mlp_dim': _INT, 'num_layers': _INT,
         'patches': {'size': _SEQ, 'drop_remainder': _BOOL},
+        'stem': {'features': _SEQ, 'strides': _SEQ},
         'classifier': _STR, 'representation_size': _INT + _NONE,
         'dropout_rate': _NUM, 'attention_dropout_rate': _NUM, 'stochastic_droplayer_rate': _NUM,
         'positional_embedding': _STR,
@@ -92,6 +95,10 @@ SCHEMA: dict[str, Any] = {
     'multicrop_clips_per_device': '*',
     'debug_train': _BOOL,
     'debug_eval': _BOOL,
+    'class_weighted_loss': _BOOL,
+    'ema_decay': _NUM + _NONE,
+    'best_checkpoint_metric': _STR + _NONE,
+    'tta_flip_axes': _SEQ,
 }
 
 REQUIRED = ('dataset_name', 'dataset_configs', 'model_name', 'model.hidden_size',
@@ -127,7 +134,9 @@ NON_NEGATIVE = ('lr_configs.warmup_steps', 'l2_decay_factor', 'optimizer_configs
                 'optimizer_configs.epsilon', 'optimizer_configs.momentum')
 FRACTIONS = ('model.dropout_rate', 'model.attention_dropout_rate',
              'model.stochastic_droplayer_rate', 'label_smoothing', 'optimizer_configs.beta1',
-             'optimizer_configs.beta2')
+             'optimizer_configs.beta2', 'ema_decay')
+# Validation scores a best checkpoint can be chosen by (always maximised).
+BEST_CHECKPOINT_METRICS = ('accuracy', 'balanced_accuracy', 'auc', 'top_5_accuracy')
 # jax.random.PRNGKey keeps 32 bits of the seed: larger seeds repeat smaller ones.
 MAX_SEED = 2**32 - 1
 _MISSING = object()
@@ -205,6 +214,13 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
   size = config.model.patches.size
   if not size or any(isinstance(s, bool) or not isinstance(s, int) for s in size):
     raise ConfigError(f'config.model.patches.size={tuple(size)!r} must be ints (h, w, t).')
+  if config.get('best_checkpoint_metric') is not None:
+    _check_choice('best_checkpoint_metric', config.best_checkpoint_metric,
+                  BEST_CHECKPOINT_METRICS)
+  axes = tuple(config.get('tta_flip_axes') or ())
+  if any(a not in (0, 1, 2) or isinstance(a, bool) for a in axes) or len(set(axes)) < len(axes):
+    raise ConfigError(f'config.tta_flip_axes={axes!r} must be distinct volume axes among 0 '
+                      '(depth), 1 (height) and 2 (width).')
 
 
 def check_batch_sizes(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -225,7 +241,7 @@ def _check_data_files(config: ml_collections.ConfigDict) -> None:
     if config.dataset_name == 'medmnist3d':
       file_name, _, _ = medmnist3d.file_info(dataset_configs.get('name'),
                                              dataset_configs.get('size', 28))
-      path = os.path.join(npz_video.resolve_data_dir(dataset_configs.get('data_dir')), file_name)
+      path = medmnist3d.data_path(dataset_configs, file_name)
       if not os.path.exists(path) and not dataset_configs.get('download', False):
         medmnist3d.load(dataset_configs)  # Raises its FileNotFoundError: the path and the fix.
     elif config.dataset_name == 'npz_video':

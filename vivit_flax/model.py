@@ -20,7 +20,7 @@ ATTENTION_TYPES = ('spacetime', 'factorized_encoder',
 # Scenic has no class token for Models 3 and 4.
 TOKENLESS_ATTENTION_TYPES = ('factorized_self_attention_block',
                              'factorized_dot_product_attention')
-CLASSIFIERS = ('token', 'gap', 'gmp', 'gsp')
+CLASSIFIERS = ('token', 'gap', 'gmp', 'gsp', 'map')
 POSITIONAL_EMBEDDINGS = ('learned_1d', 'sinusoidal_3d', 'none')
 # Model 3 sub-layer order; Scenic spells it 'time_space' / 'space_time'.
 ATTENTION_ORDERS = {
@@ -193,6 +193,53 @@ class PatchEmbedding(nn.Module):
     return y + bias
 
 
+class ConvStem(nn.Module):
+  """Convolutional stem before the tubelet embedding ("Early Convolutions Help
+  Transformers See Better", Xiao et al. 2021, in 3D): per entry of `features`,
+  a 3x3x3 SAME convolution with stride `strides[i]` and a ReLU. Every token
+  then embeds local shape features of its tubelet and of the voxels around it,
+  not only a linear map of its own voxels. The convolution is computed as one
+  product over the 27 shifted views (model_utils.conv3x3x3), which XLA:CPU runs
+  faster than its own 3D convolution."""
+  features: tuple[int, ...]
+  strides: tuple[int, ...]
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for i, (features, stride) in enumerate(zip(self.features, self.strides)):
+      kernel = self.param(f'conv_{i}', nn.initializers.lecun_normal(),
+                          (3, 3, 3, x.shape[-1], features), jnp.float32)
+      bias = self.param(f'bias_{i}', nn.initializers.zeros, (features,),
+                        jnp.float32)
+      x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
+                                                dtype=self.dtype)
+      x = nn.relu(model_utils.conv3x3x3(x, kernel, stride) + bias)
+    return x
+
+
+class MAPHead(nn.Module):
+  """Multihead attention pooling (big_vision's 'map' head; Lee et al. 2019): a
+  learned probe attends over the tokens, followed by a residual MLP. Unlike a
+  mean over every token, it can weight the few tokens that hold the object."""
+  num_heads: int
+  mlp_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, _, d = x.shape
+    probe = self.param('probe', nn.initializers.xavier_uniform(), (1, 1, d),
+                       jnp.float32)
+    x = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype,
+        kernel_init=nn.initializers.xavier_uniform())(
+            jnp.broadcast_to(probe.astype(x.dtype), (b, 1, d)), x)
+    y = nn.LayerNorm(dtype=self.dtype)(x)
+    x = x + MlpBlock(self.mlp_dim, dtype=self.dtype)(y, deterministic=True)
+    return x[:, 0]
+
+
 class AddPositionEmbs(nn.Module):
   """Adds a learned [1, N, D] position embedding (float32 parameter)."""
 
@@ -267,7 +314,9 @@ class ViViT(nn.Module):
 
   Tokens come from tubelets (tokenizer '3d_conv', a strided 3D convolution
   with patch_size (h, w, t)) or from 2D (h, w) patches of n_sampled_frames
-  uniformly sampled frames ('temporal_sampling'). Parameters are float32;
+  uniformly sampled frames ('temporal_sampling'), optionally after a
+  convolutional stem (stem_features, stem_strides: ConvStem) whose output the
+  tubelets then tile. Parameters are float32;
   activations use `dtype`; logits are float32. attention_implementation is
   passed to jax.nn.dot_product_attention (None/'xla', or 'cudnn' flash
   attention in bfloat16, with XLA for shapes cuDNN rejects such as an odd
@@ -289,6 +338,8 @@ class ViViT(nn.Module):
   classifier: str = 'gap'
   representation_size: Optional[int] = None
   positional_embedding: str = 'learned_1d'
+  stem_features: tuple[int, ...] = ()
+  stem_strides: tuple[int, ...] = ()
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   stochastic_droplayer_rate: float = 0.
@@ -327,6 +378,16 @@ class ViViT(nn.Module):
           f"'{self.attention_type}' (as in Scenic): set config.model.classifier"
           " to 'gap', 'gmp' or 'gsp', or use attention type 'spacetime' or "
           "'factorized_encoder'.")
+    if len(self.stem_features) != len(self.stem_strides) or any(
+        s < 1 for s in self.stem_strides):
+      raise ValueError(
+          'config.model.stem.features and config.model.stem.strides need one '
+          f'entry per convolution, strides >= 1; got {self.stem_features} and '
+          f'{self.stem_strides}.')
+    if self.stem_features and self.tokenizer != '3d_conv':
+      raise ValueError(
+          'config.model.stem needs temporal_encoding_config.method=3d_conv: '
+          'a stem sees the whole volume, so frames are not sampled.')
     if self.attention_type == 'factorized_encoder':
       sizes = {'spatial_transformer': self.spatial_transformer,
                'temporal_transformer': self.temporal_transformer}
@@ -353,6 +414,13 @@ class ViViT(nn.Module):
 
   def token_grid(self, input_thw: Sequence[int]) -> tuple[int, int, int]:
     """Tokens along (time, height, width) for clips of shape (T, H, W)."""
+    stride = int(np.prod(self.stem_strides))
+    if any(size % stride for size in input_thw):
+      raise ValueError(
+          f'The stem\'s strides {self.stem_strides} reduce the input by {stride},'
+          f' which does not divide the input size {tuple(input_thw)}: change '
+          'config.model.stem.strides.')
+    input_thw = tuple(size // stride for size in input_thw)
     return model_utils.token_grid(
         input_thw, self.patch_size, drop_remainder=self.drop_remainder,
         tokenizer=self.tokenizer, n_sampled_frames=self.n_sampled_frames)
@@ -367,6 +435,9 @@ class ViViT(nn.Module):
           t_in, gt)]
       return PatchEmbedding(self.hidden_size, (1, ph, pw), kernel_dims=2,
                             dtype=self.dtype, name='embedding')(frames)
+    if self.stem_features:
+      x = ConvStem(self.stem_features, self.stem_strides, dtype=self.dtype,
+                   name='stem')(x)
     kernel_init = model_utils.TUBELET_INITIALIZERS[self.kernel_init_method]()
     return PatchEmbedding(self.hidden_size, (self.patch_size[2], ph, pw),
                           kernel_init=kernel_init, dtype=self.dtype,
@@ -393,6 +464,10 @@ class ViViT(nn.Module):
         name=name)(x, train=train)
     if self.classifier == 'token':
       return x[:, 0]
+    if self.classifier == 'map':
+      head_name = 'MAPHead' if name == 'Transformer' else f'MAPHead_{name}'
+      return MAPHead(size.num_heads, size.mlp_dim, dtype=self.dtype,
+                     name=head_name)(x)
     return _POOLS[self.classifier](x, axis=1)
 
   @nn.compact
@@ -461,6 +536,7 @@ class ViViTClassificationModel:
     attention_type = attention_config.get('type', 'spacetime')
     encoding = (m.get('temporal_encoding_config')
                 or ml_collections.ConfigDict())
+    stem = m.get('stem') or ml_collections.ConfigDict()
     sizes = {}
     if attention_type == 'factorized_encoder':
       for key in ('spatial_transformer', 'temporal_transformer'):
@@ -485,6 +561,8 @@ class ViViTClassificationModel:
         dropout_rate=m.get('dropout_rate', 0.1),
         attention_dropout_rate=m.get('attention_dropout_rate', 0.1),
         stochastic_droplayer_rate=m.get('stochastic_droplayer_rate', 0.),
+        stem_features=tuple(stem.get('features') or ()),
+        stem_strides=tuple(stem.get('strides') or ()),
         return_prelogits=m.get('return_prelogits', False),
         dtype=MODEL_DTYPES[dtype_str],
         attention_implementation=m.get('attention_implementation'),
@@ -496,16 +574,42 @@ class ViViTClassificationModel:
     init = jax.jit(functools.partial(self.flax_model.init, train=False))
     return init({'params': rng}, jnp.zeros(shape, jnp.float32))
 
+  def class_weights(self) -> np.ndarray:
+    """Balanced class weights n_train / (num_classes * count_c), float32
+    [num_classes], from dataset_meta_data['train_class_counts']; 0 for a class
+    with no training example."""
+    counts = self.dataset_meta_data.get('train_class_counts')
+    if counts is None:
+      raise ValueError('config.class_weighted_loss needs the training class '
+                       "counts in the dataset metadata ('train_class_counts').")
+    counts = np.asarray(counts, np.float64)
+    weights = np.where(counts > 0, counts.sum()
+                       / (len(counts) * np.maximum(counts, 1)), 0.)
+    return weights.astype(np.float32)
+
   def loss_function(self, logits: jax.Array, batch: dict,
                     model_params: Any = None) -> jax.Array:
     """Mean softmax cross-entropy weighted by batch['batch_mask'] (label
     smoothing from config.label_smoothing), plus
-    0.5 * config.l2_decay_factor * ||model_params||^2 when that is set."""
+    0.5 * config.l2_decay_factor * ||model_params||^2 when that is set.
+
+    With config.class_weighted_loss, each example's cross-entropy is also
+    multiplied by its class weight sum_c label_c * w_c (soft labels mix the
+    weights), w_c = n_train / (num_classes * count_c) from the metadata's
+    'train_class_counts' (0 for a class absent from training). The sum is
+    still divided by the sum of the batch_mask weights, as Keras' class_weight
+    does, so the loss keeps its scale: on the training distribution the mean
+    class weight is 1.
+    """
     one_hot = model_utils.as_one_hot(batch['label'], logits)
     weights = _weights(batch, logits)
     ce = model_utils.softmax_cross_entropy(
         logits, one_hot, self.config.get('label_smoothing'))
-    loss = (jnp.sum(jnp.where(weights > 0, ce, 0.) * weights)
+    example_weights = weights
+    if self.config.get('class_weighted_loss', False):
+      example_weights = weights * (
+          one_hot.astype(jnp.float32) @ jnp.asarray(self.class_weights()))
+    loss = (jnp.sum(jnp.where(weights > 0, ce, 0.) * example_weights)
             / jnp.maximum(jnp.sum(weights), 1e-8))
     l2_decay_factor = self.config.get('l2_decay_factor')
     if l2_decay_factor:

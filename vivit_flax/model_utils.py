@@ -105,6 +105,23 @@ def token_grid(input_thw: Sequence[int],
   return counts[0], counts[1], counts[2]
 
 
+def conv3x3x3(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
+  """SAME 3x3x3 convolution of [B, T, H, W, C] with kernel [3, 3, 3, C, F] and
+  equal strides, as the product of the 27 shifted, strided views of the
+  zero-padded input with the kernel (lax.conv_general_dilated's result)."""
+  b, t, h, w, c = x.shape
+  out = [-(-n // stride) for n in (t, h, w)]
+  totals = [max((o - 1) * stride + 3 - n, 0) for o, n in zip(out, (t, h, w))]
+  pads = [(total // 2, total - total // 2) for total in totals]
+  x = jnp.pad(x, [(0, 0)] + pads + [(0, 0)])
+  views = [x[:, i:i + (out[0] - 1) * stride + 1:stride,
+             j:j + (out[1] - 1) * stride + 1:stride,
+             k:k + (out[2] - 1) * stride + 1:stride]
+           for i in range(3) for j in range(3) for k in range(3)]
+  return jnp.einsum('nbthwc,ncf->bthwf', jnp.stack(views),
+                    kernel.reshape(27, c, kernel.shape[-1]))
+
+
 def _check_tubelet_kernel(shape: Sequence[int]) -> None:
   if len(shape) != 5:
     raise ValueError('Expected a 5-D (t, h, w, c_in, c_out) kernel, got '

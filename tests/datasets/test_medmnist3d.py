@@ -142,3 +142,20 @@ def test_unreachable_network(tmp_path, fake_organ, monkeypatch):
     datasets.get_dataset(_config(str(tmp_path), download=True), **DEVICES)
   assert URL in str(e.value) and str(tmp_path / 'organmnist3d.npz') in str(e.value)
   assert 'network' in str(e.value) and os.listdir(tmp_path) == ['source.npz']
+
+
+@pytest.mark.skipif(
+    not os.path.exists(os.path.join(medmnist3d.SHARED_DATA_DIR, 'adrenalmnist3d.npz')),
+    reason=f'no real MedMNIST files in {medmnist3d.SHARED_DATA_DIR} (the shared data folder beside '
+    'the checkout)')
+def test_real_adrenalmnist3d_from_the_shared_folder(monkeypatch, tmp_path):
+  """The real file is found without a data_dir, passes its MD5 and has MedMNIST v2's splits."""
+  monkeypatch.setenv('MEDMNIST_ROOT', str(tmp_path))  # Empty: the shared folder is searched next.
+  config = ml_collections.ConfigDict(dict(name='adrenalmnist3d', size=28))
+  splits, meta = medmnist3d.load(config)
+  assert meta['data_file'] == os.path.join(medmnist3d.SHARED_DATA_DIR, 'adrenalmnist3d.npz')
+  assert {k: len(v[1]) for k, v in splits.items()} == {'train': 1188, 'validation': 98,
+                                                       'test': 298}
+  assert splits['train'][0].shape[1:] == (28, 28, 28, 1)
+  assert set(np.unique(splits['test'][0][:20])) == {0, 255}  # Binary masks: no intensities.
+  assert np.bincount(splits['test'][1]).tolist() == [229, 69]

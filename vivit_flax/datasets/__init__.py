@@ -56,7 +56,9 @@ def get_dataset(config, *, process_index=None, process_count=None, local_device_
                      f'global batch of {batch_size}.')
   meta.update(input_shape=(-1,) + splits['train'][0].shape[1:], input_dtype=jnp.float32,
               target_is_onehot=True, num_train_examples=len(splits['train'][1]),
-              num_eval_examples=len(splits['validation'][1]), num_test_examples=len(splits['test'][1]))
+              num_eval_examples=len(splits['validation'][1]), num_test_examples=len(splits['test'][1]),
+              train_class_counts=tuple(int(c) for c in np.bincount(splits['train'][1],
+                                                                   minlength=meta['num_classes'])))
 
   devices = dict(process_index=process_index, process_count=process_count,
                  local_device_count=local_device_count,
@@ -65,7 +67,8 @@ def get_dataset(config, *, process_index=None, process_count=None, local_device_
   def train_iter(start_step):
     return input_pipeline.train_iterator(
         *splits['train'], num_classes=meta['num_classes'], batch_size=batch_size,
-        seed=config.get('rng_seed', 0), start_step=start_step, **devices)
+        seed=config.get('rng_seed', 0), start_step=start_step,
+        augmentation=config.dataset_configs.get('augmentation'), **devices)
 
   def eval_iter(split):
     return input_pipeline.eval_iterator(*arrays(split), num_classes=meta['num_classes'],

@@ -25,6 +25,8 @@ import os
 import jax
 import numpy as np
 
+from vivit_flax.datasets import augmentation as augmentation_lib
+
 
 def per_device_batch_size(batch_size, process_count, local_device_count):
   """The per-device batch size; raises ValueError unless the global batch splits evenly over all devices."""
@@ -71,14 +73,22 @@ def _make_batch(images, labels, idx, valid, eye, local_device_count):
   if not valid.all():
     x[~valid] = 0
     onehot[~valid] = 0
+  return _device_shaped(x, onehot, mask, local_device_count)
+
+
+def _device_shaped(x, onehot, mask, local_device_count):
+  """A batch dict with a leading local-device axis."""
   lead = (local_device_count, -1)
   return {'inputs': x.reshape(lead + x.shape[1:]), 'label': onehot.reshape(lead + onehot.shape[1:]),
           'batch_mask': mask.reshape(lead)}
 
 
 def train_iterator(images, labels, *, num_classes, batch_size, seed, start_step=0, process_index=0,
-                   process_count=1, local_device_count=1, num_workers=None):
-  """Infinite training batches of this process, from global step `start_step` on (see module doc)."""
+                   process_count=1, local_device_count=1, num_workers=None, augmentation=None):
+  """Infinite training batches of this process, from global step `start_step` on (see module doc).
+
+  `augmentation`: optional `dataset_configs.augmentation` options (augmentation.VolumeAugmentation).
+  """
   _check_process(process_index, process_count)
   per_device_batch_size(batch_size, process_count, local_device_count)
   n = len(labels)
@@ -93,11 +103,17 @@ def train_iterator(images, labels, *, num_classes, batch_size, seed, start_step=
   valid = np.ones(per_process, bool)
   permutation = functools.lru_cache(maxsize=2)(lambda e: np.random.default_rng([seed, e]).permutation(n))
 
+  augment = augmentation_lib.VolumeAugmentation(augmentation, images, per_process)
+  onehot = eye[labels]
+
   def batch(step):
     epoch, i = divmod(step, steps_per_epoch)
-    start = i * batch_size + offset
-    idx = permutation(epoch)[start:start + per_process]
-    return _make_batch(images, labels, idx, valid, eye, local_device_count)
+    global_idx = permutation(epoch)[i * batch_size:(i + 1) * batch_size]
+    if not augment.enabled:
+      return _make_batch(images, labels, global_idx[offset:offset + per_process], valid, eye,
+                         local_device_count)
+    x, y = augment(images, onehot, global_idx, offset, seed, step)
+    return _device_shaped(x, y, valid.astype(np.float32), local_device_count)
 
   return _ordered_map(batch, itertools.count(start_step), num_workers or default_num_workers())
 

@@ -1,7 +1,8 @@
 """The six MedMNIST 3D sets (OrganMNIST3D, NoduleMNIST3D, AdrenalMNIST3D, FractureMNIST3D, VesselMNIST3D,
 SynapseMNIST3D) read from the official `.npz` files, with metadata from `medmnist.info.INFO`.
 
-Files live in the data folder (config.dataset_configs.data_dir, else $MEDMNIST_ROOT, else ~/.medmnist) as
+Files live in the data folder (config.dataset_configs.data_dir, else $MEDMNIST_ROOT, else ~/.medmnist, else
+a `shared/medmnist` folder beside the checkout) as
 `<name>.npz` (size 28) or `<name>_64.npz` (size 64), and are MD5-checked on every load. A missing file is
 downloaded from the URL in INFO when config.dataset_configs.download is True. Volumes `[N, D, H, W]` become
 `[N, D, H, W, 1]` with the depth axis D as time; labels `[N, 1]` become int32 `[N]`.
@@ -41,6 +42,26 @@ def file_info(name, size):
   return f'{name}{suffix}.npz', info[f'url{suffix}'], info[f'MD5{suffix}']
 
 
+# A read-only copy of the files kept beside a checkout of this repository (a team's shared data
+# folder), searched after the usual places when no data_dir is given.
+SHARED_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))), 'shared', 'medmnist')
+
+
+def data_path(dataset_configs, file_name):
+  """Where `file_name` is read from: in dataset_configs.data_dir when set; otherwise the first of
+  $MEDMNIST_ROOT, ~/.medmnist and SHARED_DATA_DIR that holds it (the first of them when none
+  does: where a download goes, and what a missing-file error names)."""
+  primary = os.path.join(npz_video.resolve_data_dir(dataset_configs.get('data_dir')), file_name)
+  if dataset_configs.get('data_dir') or os.path.exists(primary):
+    return primary
+  shared = os.path.join(SHARED_DATA_DIR, file_name)
+  if os.path.exists(shared):
+    logging.info('Reading %s from the shared data folder %s.', file_name, SHARED_DATA_DIR)
+    return shared
+  return primary
+
+
 def download(url, path, md5):
   """Downloads `url` to `path` through a temporary file, renamed into place once its MD5 is `md5`."""
   folder = os.path.dirname(path)
@@ -70,8 +91,7 @@ def load(dataset_configs):
   """Loads MedMNIST 3D set dataset_configs.name at dataset_configs.size (default 28)."""
   name, size = dataset_configs.get('name'), dataset_configs.get('size', 28)
   file_name, url, md5 = file_info(name, size)
-  data_dir = npz_video.resolve_data_dir(dataset_configs.get('data_dir'))
-  path = os.path.join(data_dir, file_name)
+  path = data_path(dataset_configs, file_name)
   if not os.path.exists(path):
     if not dataset_configs.get('download', False):
       raise FileNotFoundError(
