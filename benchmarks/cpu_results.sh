@@ -14,7 +14,7 @@ bench() {  # bench NAME ARGS...: one throughput.py run, JSON in $OUT/NAME.json
   local name=$1
   shift
   echo "== $name: $*"
-  $PY benchmarks/throughput.py --json="$OUT/$name.json" --label="$name" "$@" 2>&1 \
+  $PY -m benchmarks.throughput --json="$OUT/$name.json" --label="$name" "$@" 2>&1 \
     | grep -E '^\| |^matmul ceiling|ms wall|^ +[0-9.]+ ms ' || echo "$name FAILED"
 }
 train_only=(--modes=train --noxla_analysis --windows=7)

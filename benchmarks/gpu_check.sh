@@ -31,7 +31,7 @@ print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version
 # Part 1: ViViT-B/16x2 Model 2, bfloat16, cuDNN attention where cuDNN takes the shape, at
 # batch 32 (about 1.5 GB of activations per clip: most of the card), else 16 if that fails.
 vivit_b() {
-  timeout "$2" $PY benchmarks/throughput.py --config=vivit_b/factorized_encoder \
+  timeout "$2" $PY -m benchmarks.throughput --config=vivit_b/factorized_encoder \
     --set=model_dtype_str=bfloat16 --set=model.attention_implementation=cudnn \
     --batch_size="$1" --modes=train --steps=5 --windows=3 --warmup=2 --noxla_analysis \
     --label="gpu_check vivit_b fe bf16 batch $1" --json="$OUT/vivit_b_fe_bf16.json" 2>&1 \
@@ -43,7 +43,7 @@ vivit_b 32 110 || vivit_b 16 70 || log "part 1: failed"
 
 # Part 2: the Keras example's configuration (float32, batch 32), train and eval steps.
 log "part 2: Keras configuration train/eval steps"
-timeout 50 $PY benchmarks/throughput.py --config=configs/organmnist3d/vivit_keras_baseline.py \
+timeout 50 $PY -m benchmarks.throughput --config=configs/organmnist3d/vivit_keras_baseline.py \
   --steps=20 --windows=5 --warmup=2 --label='gpu_check keras config' \
   --json="$OUT/keras_config.json" 2>&1 | grep -v -e '^W0000' -e 'Unable to initialize backend' \
   | tee "$OUT/keras_config.log" || log "part 2: failed"

@@ -4,7 +4,7 @@ Times the pmapped train step (train_utils.train_step, donated state, as the trai
 of ViViT-B/16x2 at 32x224x224x3 in bfloat16, counts its FLOPs with XLA's cost analysis,
 and divides the achieved FLOP/s by a bf16 matmul ceiling measured in the same process.
 
-  python benchmarks/gpu_vivit_b.py --variant=factorized_encoder --batch_size=32 --out=/tmp/mfu.json
+  python -m benchmarks.gpu_vivit_b --variant=factorized_encoder --batch_size=32 --out=/tmp/mfu.json
 
 `--frames/--size/--batch_size` shrink it for a CPU smoke run.
 """
@@ -12,14 +12,10 @@ and divides the achieved FLOP/s by a bf16 matmul ceiling measured in the same pr
 import argparse
 import functools
 import json
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jax  # pylint: disable=g-import-not-at-top
+import jax
 import jax.numpy as jnp
 import numpy as np
 

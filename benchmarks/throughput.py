@@ -15,16 +15,16 @@ samples/s) is reported as a fraction of the machine's matmul ceiling: a large ma
 (float32 on CPU, bfloat16 on GPU) timed in the same run.
 
   # The Keras example's configuration, against the Keras reference (TF and JAX backends):
-  python benchmarks/throughput.py --config=configs/organmnist3d/vivit_keras_baseline.py --keras \
+  python -m benchmarks.throughput --config=configs/organmnist3d/vivit_keras_baseline.py --keras \
       --json=/tmp/throughput.json
   # Several configurations with overrides, and the input pipeline apart from the model:
-  python benchmarks/throughput.py --config=configs/organmnist3d/vivit_keras_baseline.py \
+  python -m benchmarks.throughput --config=configs/organmnist3d/vivit_keras_baseline.py \
       --config=configs/organmnist3d/vivit_best.py --set=model_dtype_str=bfloat16 --pipeline
   # Where the train step's time goes, by kind of XLA operation (a jax.profiler trace):
-  python benchmarks/throughput.py --config=configs/organmnist3d/vivit_keras_baseline.py \
+  python -m benchmarks.throughput --config=configs/organmnist3d/vivit_keras_baseline.py \
       --modes=train --profile_steps=10
   # ViViT-B/16x2 on 32x224x224x3 clips, one of the four variants (see VIVIT_B_VARIANTS):
-  python benchmarks/throughput.py --config=vivit_b/factorized_encoder --batch_size=2 --steps=1 \
+  python -m benchmarks.throughput --config=vivit_b/factorized_encoder --batch_size=2 --steps=1 \
       --windows=2 --warmup=1
 
 `--config` takes config files (`get_config()`) or `vivit_b/<attention type>`; `--set key=value`
@@ -46,21 +46,17 @@ import statistics
 import sys
 import time
 
-from absl import app, flags
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from absl import app, flags
 
-# configs/ and vivit_flax/ live at the repository root.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jax  # pylint: disable=g-import-not-at-top
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
-
-from configs.organmnist3d import vivit_keras_baseline  # pylint: disable=g-import-not-at-top
-from vivit_flax import cpu_host  # pylint: disable=g-import-not-at-top
-from vivit_flax import model as vivit_model  # pylint: disable=g-import-not-at-top
-from vivit_flax import train_utils  # pylint: disable=g-import-not-at-top
-from vivit_flax.datasets import input_pipeline  # pylint: disable=g-import-not-at-top
+from configs.organmnist3d import vivit_keras_baseline
+from vivit_flax import cpu_host
+from vivit_flax import model as vivit_model
+from vivit_flax import train_utils
+from vivit_flax.datasets import input_pipeline
 
 VIVIT_B_VARIANTS = ('spacetime', 'factorized_encoder', 'factorized_self_attention_block',
                     'factorized_dot_product_attention')
@@ -127,12 +123,12 @@ def input_spec(config):
   if config.get('experiment_name', '').startswith('vivit_b16x2'):
     return VIVIT_B_INPUT, KINETICS_CLASSES
   if config.dataset_name == 'medmnist3d':
-    from vivit_flax.datasets import medmnist3d  # pylint: disable=g-import-not-at-top
+    from vivit_flax.datasets import medmnist3d
     size = config.dataset_configs.get('size', 28)
     labels = medmnist3d.medmnist_info()[config.dataset_configs.name]['label']
     return (size, size, size, 1), len(labels)
   if config.dataset_name == 'synthetic3d':
-    from vivit_flax.datasets import synthetic  # pylint: disable=g-import-not-at-top
+    from vivit_flax.datasets import synthetic
     return (synthetic.SIZE,) * 3 + (1,), synthetic.NUM_CLASSES
   raise ValueError(f'Give --input_shape and --num_classes for dataset {config.dataset_name!r}.')
 
@@ -487,7 +483,7 @@ def profile_train_step(bench, steps, trace_dir):
 def keras_comparison(bench, rounds, num_batches):
   """Interleaved rounds of (our train window, Keras TF fit window, Keras JAX fit window), each
   of `num_batches` batches of the bench's global batch; medians and ratios of samples/s."""
-  from benchmarks import keras_reference  # pylint: disable=g-import-not-at-top
+  from benchmarks import keras_reference
   ours, theirs = [], {backend: [] for backend in keras_reference.BACKENDS}
   jit_compile = {}
   bench.run('train', 2)
@@ -509,7 +505,7 @@ def keras_comparison(bench, rounds, num_batches):
 
 def pipeline_throughput(config, batches=50, windows=5):
   """Samples/s of dataset.train_iter alone (host batches) and through prefetch_to_device."""
-  from vivit_flax import datasets  # pylint: disable=g-import-not-at-top
+  from vivit_flax import datasets
   dataset = datasets.get_dataset(config)
   result = {'dataset': config.dataset_name, 'batch_size': config.batch_size}
   for name in ('host', 'prefetch_to_device'):

@@ -29,10 +29,17 @@ from vivit_flax.datasets import synthetic
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, 'configs', 'synthetic', 'vivit_smoke.py')
 STEPS = 24
-# Checkpoints every 2 steps (the newest 3 kept), validation every 16 steps (one epoch), and
-# dropout, so that resuming must also reproduce the random numbers.
+# Checkpoints every 2 steps (the newest 3 kept), validation every 16 steps (one epoch), dropout
+# and every volume augmentation, so that resuming must also reproduce the random numbers of the
+# model and of the input pipeline.
 FLAGS = (f'--config.num_training_steps={STEPS}', '--config.checkpoint_steps=2',
-         '--config.log_summary_steps=4', '--config.model.dropout_rate=0.1')
+         '--config.log_summary_steps=4', '--config.model.dropout_rate=0.1',
+         '--config.dataset_configs.augmentation.flip_axes=(0, 1, 2)',
+         '--config.dataset_configs.augmentation.rotate_planes=((1, 2),)',
+         '--config.dataset_configs.augmentation.max_shift=2',
+         '--config.dataset_configs.augmentation.intensity=0.1',
+         '--config.dataset_configs.augmentation.mixup_alpha=0.4',
+         '--config.dataset_configs.augmentation.cutmix_alpha=1.0')
 RUN_TIMEOUT_S = 300
 
 

@@ -29,6 +29,14 @@ def get_config():
   config.dataset_configs.download = False
   config.dataset_configs.path = placeholder(str)
   config.dataset_configs.prefetch_to_device = 2
+  # The Keras example augments nothing; every option here is off.
+  config.dataset_configs.augmentation = ml_collections.ConfigDict()
+  config.dataset_configs.augmentation.flip_axes = ()
+  config.dataset_configs.augmentation.rotate_planes = ()
+  config.dataset_configs.augmentation.max_shift = 0
+  config.dataset_configs.augmentation.intensity = 0.0
+  config.dataset_configs.augmentation.mixup_alpha = 0.0
+  config.dataset_configs.augmentation.cutmix_alpha = 0.0
   config.data_dtype_str = 'float32'
 
   # Model: ViViT Model 1, sized as the Keras example.
