@@ -11,7 +11,6 @@ import pytest
 
 from configs.synthetic import vivit_smoke
 from vivit_flax import checkpoints, inference, train_utils, trainer
-from vivit_flax.datasets import synthetic
 
 STEPS = 12
 
@@ -31,13 +30,9 @@ def _config(data_dir):
 
 
 @pytest.fixture(scope='module')
-def run(tmp_path_factory):
+def run(smoke_data_dir, tmp_path_factory):
   """(config, workdir, results) of the run."""
-  sizes = vivit_smoke.get_config().dataset_configs
-  data_dir = tmp_path_factory.mktemp('data')
-  synthetic.write(str(data_dir / synthetic.FILE_NAME), num_train=sizes.num_train,
-                  num_val=sizes.num_val, num_test=sizes.num_test)
-  config = _config(str(data_dir))
+  config = _config(smoke_data_dir)
   workdir = str(tmp_path_factory.mktemp('run'))
   results = trainer.train_and_evaluate(config, workdir)
   return config, workdir, results

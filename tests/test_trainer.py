@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 
 from vivit_flax import checkpoints
-from vivit_flax.datasets import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, 'configs', 'synthetic', 'vivit_smoke.py')
@@ -109,14 +108,9 @@ def _assert_same_params(workdir, reference):
 
 
 @pytest.fixture(scope='module')
-def main(tmp_path_factory):
-  """A _Main over the smoke config's synthetic set at its configured size, written once."""
-  from configs.synthetic import vivit_smoke  # pylint: disable=g-import-not-at-top
-  sizes = vivit_smoke.get_config().dataset_configs
-  data_dir = tmp_path_factory.mktemp('data')
-  synthetic.write(str(data_dir / synthetic.FILE_NAME), num_train=sizes.num_train,
-                  num_val=sizes.num_val, num_test=sizes.num_test)
-  return _Main(str(data_dir), str(tmp_path_factory.mktemp('jax_cache')))
+def main(smoke_data_dir, tmp_path_factory):
+  """A _Main over the smoke config's synthetic set at its configured size."""
+  return _Main(smoke_data_dir, str(tmp_path_factory.mktemp('jax_cache')))
 
 
 @pytest.fixture(scope='module')

@@ -31,6 +31,9 @@ ATTENTION_ORDERS = {
 }
 ATTENTION_IMPLEMENTATIONS = (None, 'xla', 'cudnn')
 MODEL_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# The pmap axis over every device of every process: metrics are summed over it, and the trainer
+# (train_utils) pmaps its steps with it.
+AXIS_NAME = 'batch'
 _POOLS = {'gap': jnp.mean, 'gmp': jnp.max, 'gsp': jnp.sum}
 # Attention axis of the projected queries [batch, ..., heads, depth]: 'tokens'
 # for a flat [B, N] token list, 'time'/'space' for a [B, T, S] token grid.
@@ -622,7 +625,7 @@ class ViViTClassificationModel:
 
   def get_metrics_fn(self, split: Optional[str] = None):
     """fn(logits, batch) -> {name: (sum, count)}, both psum'd over the pmap
-    axis 'batch' and weighted by batch['batch_mask']: 'accuracy',
+    axis AXIS_NAME and weighted by batch['batch_mask']: 'accuracy',
     'top_5_accuracy' (more than 5 classes) and 'loss' (unsmoothed CE). The
     same metrics serve every split."""
     del split
@@ -635,10 +638,10 @@ class ViViTClassificationModel:
       if with_top5:
         values['top_5_accuracy'] = model_utils.topk_correct(logits, one_hot, 5)
       values['loss'] = model_utils.softmax_cross_entropy(logits, one_hot)
-      count = jax.lax.psum(jnp.sum(weights), 'batch')
+      count = jax.lax.psum(jnp.sum(weights), AXIS_NAME)
       return {
           name: (jax.lax.psum(
-              jnp.sum(jnp.where(weights > 0, v, 0.) * weights), 'batch'), count)
+              jnp.sum(jnp.where(weights > 0, v, 0.) * weights), AXIS_NAME), count)
           for name, v in values.items()
       }
 

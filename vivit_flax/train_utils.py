@@ -1,7 +1,7 @@
 """Training state, learning-rate schedule, optimizer and the per-device train/eval steps.
 
 The steps are written for one device and are turned into data-parallel programs by
-`jax.pmap(..., axis_name='batch')` in the trainer: gradients are averaged with
+`jax.pmap(..., axis_name=AXIS_NAME)` in the trainer: gradients are averaged with
 `lax.pmean` and metrics are summed with `lax.psum` over that axis, which spans every
 device of every process.
 """
@@ -20,10 +20,12 @@ import numpy as np
 import optax
 from flax.training import train_state as flax_train_state
 
+from vivit_flax import model
+
 Batch = dict[str, jnp.ndarray]
 Metrics = dict[str, tuple[jnp.ndarray, jnp.ndarray]]
 
-AXIS_NAME = 'batch'
+AXIS_NAME = model.AXIS_NAME
 
 
 class TrainState(flax_train_state.TrainState):
