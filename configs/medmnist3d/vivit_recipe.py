@@ -20,8 +20,9 @@ kept because switching it off alone lowers validation AUC (benchmarks/RESULTS.md
     correlate with the mean volume, not with its mirror image) and would swap the left/right organ
     classes of OrganMNIST3D. No intensity changes: AdrenalMNIST3D is a binary mask, so this recipe
     could not measure them.
-  * AdamW (weight decay 0.05), linear warm-up then cosine decay, gradient clipping, label smoothing,
-    stochastic depth, an EMA of the parameters, and the checkpoint of best validation AUC.
+  * AdamW (weight decay 0.05), linear warm-up then cosine decay, gradient clipping, label smoothing
+    and stochastic depth; the final checkpoint is served. An EMA of the parameters and flip
+    test-time augmentation were measured and left out (no validation gain).
 """
 
 import ml_collections
@@ -88,7 +89,7 @@ def get_config(arg: str = 'adrenalmnist3d'):
   config.max_grad_norm = 1.0
   config.label_smoothing = 0.1
   config.class_weighted_loss = False
-  config.ema_decay = 0.99
+  config.ema_decay = placeholder(float)  # 0.99 left validation AUC unchanged (RESULTS.md).
   config.num_training_epochs = 20
   config.num_training_steps = placeholder(int)
   config.batch_size = 32
@@ -102,8 +103,9 @@ def get_config(arg: str = 'adrenalmnist3d'):
   config.lr_configs.warmup_steps = 100
   config.lr_configs.steps_per_cycle = placeholder(int)
 
-  # Validation every epoch (None); the best validation AUC is kept in <workdir>/checkpoints_best.
-  config.best_checkpoint_metric = 'auc'
+  # Validation every epoch. Keeping the epoch of best validation AUC (best_checkpoint_metric='auc')
+  # is off: 98 validation volumes cannot rank epochs (one AUC's standard error is about 0.05).
+  config.best_checkpoint_metric = placeholder(str)
   config.tta_flip_axes = ()
   config.log_summary_steps = 50
   config.log_eval_steps = placeholder(int)
