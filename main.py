@@ -10,6 +10,7 @@ Run as one of several processes (SLURM, Open MPI, Cloud TPU, or explicit
 """
 
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -49,6 +50,21 @@ class _QuietOrbaxInfo(logging.logging.Filter):
 
   def filter(self, record):
     return record.levelno > logging.logging.INFO or '/orbax/' not in record.pathname
+
+
+def parse_flags(argv):
+  """absl's flag parsing; an override of a key the config does not have (`--config.model.hiden_size=8`)
+  ends in one line naming it and the likely key, instead of ml_collections' traceback."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as error:
+    message = str(error)
+    key = re.search(r'(\w+)', message).group(1)
+    guess = re.search(r'Did you mean "(\w+)"', message)
+    flag = next((arg.split('=')[0] for arg in argv[1:] if arg.startswith('--config.')
+                 and key in arg.split('=')[0].split('.')), f'--config.{key}')
+    sys.exit(f'FATAL Flags parsing error: {flag}: the config has no key {key!r}.'
+             + (f' Did you mean {guess.group(1)!r}?' if guess else ' Check the config file.'))
 
 
 def main(argv):
@@ -92,4 +108,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

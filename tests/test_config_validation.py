@@ -180,6 +180,19 @@ def test_main_rejects_a_bad_config_before_creating_anything(tmp_path):
   assert not workdir.exists() and not data_dir.exists()
 
 
+def test_main_names_an_unknown_command_line_key_in_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'main.py'),
+       f'--config={os.path.join(REPO, "configs", "synthetic", "vivit_smoke.py")}',
+       f'--workdir={tmp_path / "workdir"}', '--config.model.hiden_size=64'],
+      env=dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2'), cwd=REPO,
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  assert ("--config.model.hiden_size: the config has no key 'hiden_size'. Did you mean "
+          "'hidden_size'?") in result.stderr
+  assert 'Traceback' not in result.stderr and not (tmp_path / 'workdir').exists()
+
+
 # Fuzzing: the tiny valid base config below with one to three keys moved to values inside
 # their range, several of which clash with another key's value, or just outside it.
 _BASE = {'model.hidden_size': 8, 'model.num_heads': 2, 'model.mlp_dim': 8,
