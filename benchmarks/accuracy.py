@@ -26,19 +26,33 @@ from absl import app, flags
 from vivit_flax import sweep
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('config', None, 'Config file, with its argument: path.py[:arg].')
-flags.DEFINE_string('workdir', None, 'Root folder; each seed trains in <workdir>/seed_<s>.')
+flags.DEFINE_string(
+    'config', None, 'Config file, with its argument: path.py[:arg].'
+)
+flags.DEFINE_string(
+    'workdir', None, 'Root folder; each seed trains in <workdir>/seed_<s>.'
+)
 flags.DEFINE_list('seeds', ['0', '1', '2'], 'Values of config.rng_seed.')
-flags.DEFINE_multi_string('set', [], 'Config override key=value (as --config.key=value), repeatable.')
-flags.DEFINE_integer('jobs', 1, 'Seeds trained at once, each on its own share of the CPU cores.')
+flags.DEFINE_multi_string(
+    'set', [], 'Config override key=value (as --config.key=value), repeatable.'
+)
+flags.DEFINE_integer(
+    'jobs', 1, 'Seeds trained at once, each on its own share of the CPU cores.'
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 # (results.json entry, metric) pairs summarised, in table order.
-METRICS = (('test', 'accuracy'), ('test', 'balanced_accuracy'), ('test', 'auc'),
-           ('validation', 'auc'))
+METRICS = (
+    ('test', 'accuracy'),
+    ('test', 'balanced_accuracy'),
+    ('test', 'auc'),
+    ('validation', 'auc'),
+)
 
 
-def train_seed(seed: int, workdir: str, cores: list[int] | None) -> dict[str, Any]:
+def train_seed(
+    seed: int, workdir: str, cores: list[int] | None
+) -> dict[str, Any]:
   """Trains one seed with main.py (unless already done) and returns its results and wall time."""
   results_path = os.path.join(workdir, 'results.json')
   timing_path = os.path.join(workdir, 'wall_seconds.json')
@@ -48,14 +62,24 @@ def train_seed(seed: int, workdir: str, cores: list[int] | None) -> dict[str, An
     command += [f'--config.{override}' for override in FLAGS.set]
     command += [f'--config.rng_seed={seed}']
     if cores is not None:
-      command = ['taskset', '-c', ','.join(map(str, cores))] + command + [
-          f'--cpu_devices={len(cores)}']
+      command = (
+          ['taskset', '-c', ','.join(map(str, cores))]
+          + command
+          + [f'--cpu_devices={len(cores)}']
+      )
     start = time.time()
     with open(os.path.join(workdir, 'log.txt'), 'w') as log:
-      returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
-                                  cwd=os.path.dirname(sweep.MAIN), check=False).returncode
+      returncode = subprocess.run(
+          command,
+          stdout=log,
+          stderr=subprocess.STDOUT,
+          cwd=os.path.dirname(sweep.MAIN),
+          check=False,
+      ).returncode
     if returncode or not os.path.exists(results_path):
-      raise RuntimeError(f'Seed {seed} failed (exit {returncode}); see {workdir}/log.txt.')
+      raise RuntimeError(
+          f'Seed {seed} failed (exit {returncode}); see {workdir}/log.txt.'
+      )
     with open(timing_path, 'w') as f:
       json.dump({'wall_seconds': time.time() - start, 'jobs': FLAGS.jobs}, f)
   with open(results_path) as f:
@@ -70,39 +94,65 @@ def train_seed(seed: int, workdir: str, cores: list[int] | None) -> dict[str, An
 def _scores(results: dict[str, Any], which: str) -> dict[str, float]:
   """The METRICS of the final ('final') or best-on-validation ('best') checkpoint."""
   source = (results.get('best') or results) if which == 'best' else results
-  return {f'{split}.{metric}': float(source[split][metric]) for split, metric in METRICS
-          if metric in source.get(split, {})}
+  return {
+      f'{split}.{metric}': float(source[split][metric])
+      for split, metric in METRICS
+      if metric in source.get(split, {})
+  }
 
 
-def summarize(runs: list[dict[str, Any]], config: str, overrides: list[str],
-              jobs: int) -> dict[str, Any]:
+def summarize(
+    runs: list[dict[str, Any]], config: str, overrides: list[str], jobs: int
+) -> dict[str, Any]:
   """Per-seed scores and, for each metric, mean and sample standard deviation over seeds."""
   summary = {'config': config, 'overrides': overrides, 'jobs': jobs, 'runs': []}
   for run in runs:
-    summary['runs'].append({'seed': run['seed'], 'wall_seconds': run.get('wall_seconds'),
-                            'final': _scores(run['results'], 'final'),
-                            'best': _scores(run['results'], 'best')})
+    summary['runs'].append(
+        {
+            'seed': run['seed'],
+            'wall_seconds': run.get('wall_seconds'),
+            'final': _scores(run['results'], 'final'),
+            'best': _scores(run['results'], 'best'),
+        }
+    )
   for which in ('final', 'best'):
     names = summary['runs'][0][which].keys()
-    values = {name: np.array([r[which][name] for r in summary['runs']]) for name in names}
-    summary[which] = {name: {'mean': float(v.mean()),
-                             'std': float(v.std(ddof=1)) if len(v) > 1 else 0.}
-                      for name, v in values.items()}
-  walls = [r['wall_seconds'] for r in summary['runs'] if r['wall_seconds'] is not None]
+    values = {
+        name: np.array([r[which][name] for r in summary['runs']])
+        for name in names
+    }
+    summary[which] = {
+        name: {
+            'mean': float(v.mean()),
+            'std': float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+        }
+        for name, v in values.items()
+    }
+  walls = [
+      r['wall_seconds']
+      for r in summary['runs']
+      if r['wall_seconds'] is not None
+  ]
   summary['wall_seconds_per_seed'] = walls
   return summary
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-  lines = [f'{summary["config"]} {" ".join(summary["overrides"])} '
-           f'seeds {[r["seed"] for r in summary["runs"]]} (jobs={summary["jobs"]})']
+  lines = [
+      f'{summary["config"]} {" ".join(summary["overrides"])} '
+      f'seeds {[r["seed"] for r in summary["runs"]]} (jobs={summary["jobs"]})'
+  ]
   for which in ('final', 'best'):
-    cells = ', '.join(f'{name} {s["mean"]:.3f} +- {s["std"]:.3f}'
-                      for name, s in summary[which].items())
+    cells = ', '.join(
+        f'{name} {s["mean"]:.3f} +- {s["std"]:.3f}'
+        for name, s in summary[which].items()
+    )
     lines.append(f'  {which:5s}: {cells}')
   walls = summary['wall_seconds_per_seed']
   if walls:
-    lines.append('  wall time per seed: ' + ', '.join(f'{w / 60:.1f} min' for w in walls))
+    lines.append(
+        '  wall time per seed: ' + ', '.join(f'{w / 60:.1f} min' for w in walls)
+    )
   return '\n'.join(lines)
 
 
@@ -112,16 +162,26 @@ def main(argv):
   cores = sorted(os.sched_getaffinity(0))
   share = len(cores) // FLAGS.jobs if FLAGS.jobs > 1 else 0
   if FLAGS.jobs > 1 and share < 1:
-    raise app.UsageError(f'--jobs={FLAGS.jobs} exceeds the {len(cores)} CPU cores.')
-  slots = [cores[i * share:(i + 1) * share] for i in range(FLAGS.jobs)] if share else [None]
+    raise app.UsageError(
+        f'--jobs={FLAGS.jobs} exceeds the {len(cores)} CPU cores.'
+    )
+  slots = (
+      [cores[i * share : (i + 1) * share] for i in range(FLAGS.jobs)]
+      if share
+      else [None]
+  )
   free = list(slots)
   with concurrent.futures.ThreadPoolExecutor(len(slots)) as pool:
+
     def job(seed):
       slot = free.pop()
       try:
-        return train_seed(seed, os.path.join(FLAGS.workdir, f'seed_{seed}'), slot)
+        return train_seed(
+            seed, os.path.join(FLAGS.workdir, f'seed_{seed}'), slot
+        )
       finally:
         free.append(slot)
+
     runs = list(pool.map(job, seeds))
   summary = summarize(runs, FLAGS.config, FLAGS.set, FLAGS.jobs)
   with open(os.path.join(FLAGS.workdir, 'summary.json'), 'w') as f:

@@ -27,13 +27,23 @@ from vivit_flax.datasets import input_pipeline
 def vivit_b_config(variant: str, attention_implementation):
   """ViViT-B/16x2 (hidden 768, 12 heads, MLP 3072; Model 2: 12 spatial + 4 temporal layers)."""
   config = vivit_keras_baseline.get_config()
-  config.model.update(hidden_size=768, num_heads=12, mlp_dim=3072, num_layers=12, classifier='gap',
-                      attention_dropout_rate=0.0)
+  config.model.update(
+      hidden_size=768,
+      num_heads=12,
+      mlp_dim=3072,
+      num_layers=12,
+      classifier='gap',
+      attention_dropout_rate=0.0,
+  )
   config.model.patches.size = (16, 16, 2)
   config.model.patches.drop_remainder = False
   config.model.attention_config.type = variant
-  config.model.spatial_transformer = dict(num_heads=12, mlp_dim=3072, num_layers=12)
-  config.model.temporal_transformer = dict(num_heads=12, mlp_dim=3072, num_layers=4)
+  config.model.spatial_transformer = dict(
+      num_heads=12, mlp_dim=3072, num_layers=12
+  )
+  config.model.temporal_transformer = dict(
+      num_heads=12, mlp_dim=3072, num_layers=4
+  )
   config.model.attention_implementation = attention_implementation
   config.model_dtype_str = 'bfloat16'
   return config
@@ -66,23 +76,45 @@ def main():
   parser.add_argument('--out', default=None)
   args = parser.parse_args()
 
-  impl = None if args.attention_implementation == 'none' else args.attention_implementation
+  impl = (
+      None
+      if args.attention_implementation == 'none'
+      else args.attention_implementation
+  )
   config = vivit_b_config(args.variant, impl)
-  meta = {'num_classes': 400, 'input_shape': (-1, args.frames, args.size, args.size, 3),
-          'task': 'multi-class', 'target_is_onehot': True}
+  meta = {
+      'num_classes': 400,
+      'input_shape': (-1, args.frames, args.size, args.size, 3),
+      'task': 'multi-class',
+      'target_is_onehot': True,
+  }
   vivit = model.get_model_cls('vivit_classification')(config, meta)
   lr_fn = train_utils.create_learning_rate_fn(config, 1000)
-  state = train_utils.create_train_state(vivit.flax_model, meta['input_shape'], config, lr_fn,
-                                         jax.random.PRNGKey(0))
-  step = functools.partial(train_utils.train_step, loss_fn=vivit.loss_function,
-                           metrics_fn=vivit.get_metrics_fn('train'), learning_rate_fn=lr_fn)
+  state = train_utils.create_train_state(
+      vivit.flax_model,
+      meta['input_shape'],
+      config,
+      lr_fn,
+      jax.random.PRNGKey(0),
+  )
+  step = functools.partial(
+      train_utils.train_step,
+      loss_fn=vivit.loss_function,
+      metrics_fn=vivit.get_metrics_fn('train'),
+      learning_rate_fn=lr_fn,
+  )
   n_dev = jax.local_device_count()
   per_device = args.batch_size // n_dev
   rng = np.random.default_rng(0)
   batch = {
-      'inputs': rng.random((n_dev, per_device, args.frames, args.size, args.size, 3), np.float32),
-      'label': np.eye(400, dtype=np.float32)[rng.integers(0, 400, (n_dev, per_device))],
-      'batch_mask': np.ones((n_dev, per_device), np.float32)}
+      'inputs': rng.random(
+          (n_dev, per_device, args.frames, args.size, args.size, 3), np.float32
+      ),
+      'label': np.eye(400, dtype=np.float32)[
+          rng.integers(0, 400, (n_dev, per_device))
+      ],
+      'batch_mask': np.ones((n_dev, per_device), np.float32),
+  }
   batch = next(input_pipeline.prefetch_to_device(iter([batch]), 1))
 
   # One compilation serves both XLA's FLOP count (per device) and the timed steps.
@@ -108,13 +140,21 @@ def main():
   ceiling = matmul_ceiling(args.matmul_n, dtype) * n_dev
   achieved = flops_per_step_device * n_dev / step_s
   result = {
-      'device': jax.devices()[0].device_kind, 'num_devices': n_dev, 'jax': jax.__version__,
-      'variant': args.variant, 'attention_implementation': impl, 'dtype': 'bfloat16',
-      'input': [args.frames, args.size, args.size, 3], 'batch_size': args.batch_size,
-      'first_step_s': compile_s, 'step_s_windows': windows, 'step_s': step_s,
+      'device': jax.devices()[0].device_kind,
+      'num_devices': n_dev,
+      'jax': jax.__version__,
+      'variant': args.variant,
+      'attention_implementation': impl,
+      'dtype': 'bfloat16',
+      'input': [args.frames, args.size, args.size, 3],
+      'batch_size': args.batch_size,
+      'first_step_s': compile_s,
+      'step_s_windows': windows,
+      'step_s': step_s,
       'samples_per_s': args.batch_size / step_s,
       'xla_flops_per_sample': flops_per_step_device / per_device,
-      'achieved_tflops': achieved / 1e12, 'matmul_ceiling_tflops': ceiling / 1e12,
+      'achieved_tflops': achieved / 1e12,
+      'matmul_ceiling_tflops': ceiling / 1e12,
       'mfu_vs_measured_matmul': achieved / ceiling,
       'loss': float(train_utils.summarize_metrics([metrics])['loss']),
       'date': time.strftime('%Y-%m-%d'),

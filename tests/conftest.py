@@ -6,7 +6,11 @@ import pytest
 
 # Must happen before JAX initialises its backends.
 os.environ['XLA_FLAGS'] = ' '.join(
-    [os.environ.get('XLA_FLAGS', ''), '--xla_force_host_platform_device_count=8']).strip()
+    [
+        os.environ.get('XLA_FLAGS', ''),
+        '--xla_force_host_platform_device_count=8',
+    ]
+).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 
@@ -15,8 +19,13 @@ def smoke_data_dir(tmp_path_factory):
   """A folder holding the synthetic set at the smoke config's sizes, written once per session."""
   from configs.synthetic import vivit_smoke  # pylint: disable=g-import-not-at-top
   from vivit_flax.datasets import synthetic  # pylint: disable=g-import-not-at-top
+
   sizes = vivit_smoke.get_config().dataset_configs
   data_dir = tmp_path_factory.mktemp('smoke_data')
-  synthetic.write(str(data_dir / synthetic.FILE_NAME), num_train=sizes.num_train,
-                  num_val=sizes.num_val, num_test=sizes.num_test)
+  synthetic.write(
+      str(data_dir / synthetic.FILE_NAME),
+      num_train=sizes.num_train,
+      num_val=sizes.num_val,
+      num_test=sizes.num_test,
+  )
   return str(data_dir)

@@ -43,16 +43,21 @@ def test_predictor_returns_the_probabilities_evaluation_scored(run):
   run_trainer = trainer.Trainer(config, workdir)
   state = run_trainer.initial_state()  # The newest checkpoint: the final state.
   assert int(state.step) == STEPS and state.ema_params is not None
-  scores, predictions = run_trainer.evaluate(train_utils.replicate(state), 'test', STEPS)
+  scores, predictions = run_trainer.evaluate(
+      train_utils.replicate(state), 'test', STEPS
+  )
   assert scores == results['test']
   images, labels = run_trainer.dataset.arrays('test')
   probabilities = inference.load_predictor(workdir, checkpoint='latest')(images)
   np.testing.assert_array_equal(predictions['labels'], labels)
-  np.testing.assert_allclose(probabilities, predictions['probabilities'], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      probabilities, predictions['probabilities'], rtol=1e-5, atol=1e-6
+  )
   # The moving average, not the parameters, is what is served.
   params, _ = checkpoints.restore_params(workdir, 'latest')
-  jax.tree_util.tree_map(np.testing.assert_array_equal, params,
-                         jax.device_get(state.ema_params))
+  jax.tree_util.tree_map(
+      np.testing.assert_array_equal, params, jax.device_get(state.ema_params)
+  )
 
 
 def test_best_checkpoint_is_kept_reported_and_served_by_default(run):
@@ -60,13 +65,21 @@ def test_best_checkpoint_is_kept_reported_and_served_by_default(run):
   with open(os.path.join(workdir, 'results.json')) as f:
     assert json.load(f) == json.loads(json.dumps(results))
   best = results['best']
-  assert set(best) == {'step', 'validation', 'test'} and best['step'] in (4, 8, 12)
+  assert set(best) == {'step', 'validation', 'test'} and best['step'] in (
+      4,
+      8,
+      12,
+  )
   assert best['validation']['accuracy'] >= results['validation']['accuracy']
-  assert os.listdir(checkpoints.checkpoint_dir(workdir, best=True)) == [str(best['step'])]
+  assert os.listdir(checkpoints.checkpoint_dir(workdir, best=True)) == [
+      str(best['step'])
+  ]
   images, labels = trainer.Trainer(config, workdir).dataset.arrays('test')
   served = inference.load_predictor(workdir)(images).argmax(-1)
   assert np.mean(served == labels) == pytest.approx(best['test']['accuracy'])
-  latest = inference.load_predictor(workdir, checkpoint='latest')(images).argmax(-1)
+  latest = inference.load_predictor(workdir, checkpoint='latest')(
+      images
+  ).argmax(-1)
   assert np.mean(latest == labels) == pytest.approx(results['test']['accuracy'])
   with pytest.raises(ValueError, match="'newest'"):
     inference.load_predictor(workdir, checkpoint='newest')

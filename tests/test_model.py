@@ -19,20 +19,34 @@ NUM_CLASSES = 7
 INPUT = (16, 16, 16, 2)  # T, H, W, C
 
 
-def make_config(attention_type='spacetime', classifier='gap',
-                method='3d_conv', **model_overrides):
+def make_config(
+    attention_type='spacetime',
+    classifier='gap',
+    method='3d_conv',
+    **model_overrides,
+):
   """A tiny config with Scenic's keys (hidden 32, 16^3 clips -> 64 tokens)."""
   config = ml_collections.ConfigDict()
   config.model_dtype_str = 'float32'
-  config.model = ml_collections.ConfigDict(dict(
-      hidden_size=32, num_heads=4, mlp_dim=64, num_layers=1,
-      patches=dict(size=(4, 4) if method == 'temporal_sampling' else (4, 4, 4)),
-      classifier=classifier, representation_size=None,
-      dropout_rate=0., attention_dropout_rate=0.,
-      attention_config=dict(type=attention_type),
-      temporal_encoding_config=dict(method=method, n_sampled_frames=4),
-      spatial_transformer=dict(num_heads=4, mlp_dim=64, num_layers=1),
-      temporal_transformer=dict(num_heads=4, mlp_dim=64, num_layers=1)))
+  config.model = ml_collections.ConfigDict(
+      dict(
+          hidden_size=32,
+          num_heads=4,
+          mlp_dim=64,
+          num_layers=1,
+          patches=dict(
+              size=(4, 4) if method == 'temporal_sampling' else (4, 4, 4)
+          ),
+          classifier=classifier,
+          representation_size=None,
+          dropout_rate=0.0,
+          attention_dropout_rate=0.0,
+          attention_config=dict(type=attention_type),
+          temporal_encoding_config=dict(method=method, n_sampled_frames=4),
+          spatial_transformer=dict(num_heads=4, mlp_dim=64, num_layers=1),
+          temporal_transformer=dict(num_heads=4, mlp_dim=64, num_layers=1),
+      )
+  )
   for key, value in model_overrides.items():
     config.model[key] = value
   return config
@@ -62,7 +76,7 @@ def random_params(init_fn, *args, seed=0):
       fan_in = leaf.shape[0] if per_head else np.prod(leaf.shape[:-1])
       return noise / np.sqrt(fan_in)
     if names[-1] == 'scale':
-      return 1. + 0.1 * noise
+      return 1.0 + 0.1 * noise
     return 0.1 * noise
 
   return jax.tree_util.tree_map_with_path(draw, shapes)
@@ -73,8 +87,10 @@ def init_params(model, seed=0, input_shape=INPUT):
   the input."""
   x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
   return random_params(
-      lambda v: model.flax_model.init(jax.random.key(0), v, train=False), x,
-      seed=seed)
+      lambda v: model.flax_model.init(jax.random.key(0), v, train=False),
+      x,
+      seed=seed,
+  )
 
 
 def clips(seed=0, batch=2, input_shape=INPUT):
@@ -83,15 +99,17 @@ def clips(seed=0, batch=2, input_shape=INPUT):
 
 def valid_combinations():
   for attention, method, classifier in itertools.product(
-      vivit.ATTENTION_TYPES, ('3d_conv', 'temporal_sampling'),
-      vivit.CLASSIFIERS):
-    if not (classifier == 'token'
-            and attention in vivit.TOKENLESS_ATTENTION_TYPES):
+      vivit.ATTENTION_TYPES, ('3d_conv', 'temporal_sampling'), vivit.CLASSIFIERS
+  ):
+    if not (
+        classifier == 'token' and attention in vivit.TOKENLESS_ATTENTION_TYPES
+    ):
       yield attention, method, classifier
 
 
-@pytest.mark.parametrize('attention,method,classifier',
-                         list(valid_combinations()))
+@pytest.mark.parametrize(
+    'attention,method,classifier', list(valid_combinations())
+)
 def test_every_variant_runs(attention, method, classifier):
   model = build(make_config(attention, classifier, method))
   params = init_params(model)
@@ -129,38 +147,53 @@ def head_count(hidden, classes):
 def count_params(model, input_shape):
   shapes = jax.eval_shape(
       lambda x: model.flax_model.init(jax.random.key(0), x, train=False),
-      jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32))
+      jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32),
+  )
   return sum(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(shapes))
 
 
 def keras_seed_config():
   config = make_config('spacetime', 'gap')
-  config.model.update(dict(hidden_size=128, num_heads=8, mlp_dim=512,
-                           num_layers=8, positional_embedding='learned_1d'))
+  config.model.update(
+      dict(
+          hidden_size=128,
+          num_heads=8,
+          mlp_dim=512,
+          num_layers=8,
+          positional_embedding='learned_1d',
+      )
+  )
   config.model.patches = ml_collections.ConfigDict(
-      dict(size=(8, 8, 8), drop_remainder=True))
+      dict(size=(8, 8, 8), drop_remainder=True)
+  )
   return config
 
 
 def test_param_count_keras_seed_model():
   model = build(keras_seed_config(), (28, 28, 28, 1), num_classes=11)
-  tokens = (28 // 8)**3
+  tokens = (28 // 8) ** 3
   assert tokens == 27
-  expected = (conv_count(8**3, 1, 128) + encoder_count(tokens, 128, 512, 8)
-              + head_count(128, 11))
+  expected = (
+      conv_count(8**3, 1, 128)
+      + encoder_count(tokens, 128, 512, 8)
+      + head_count(128, 11)
+  )
   assert count_params(model, (28, 28, 28, 1)) == expected
 
 
 def vivit_b_config(attention_type):
   """ViViT-B/16x2, token classifier, as in Scenic's Kinetics configs."""
   config = make_config(attention_type, 'token')
-  config.model.update(dict(hidden_size=768, num_heads=12, mlp_dim=3072,
-                           num_layers=12))
+  config.model.update(
+      dict(hidden_size=768, num_heads=12, mlp_dim=3072, num_layers=12)
+  )
   config.model.patches.size = (16, 16, 2)
   config.model.spatial_transformer.update(
-      dict(num_heads=12, mlp_dim=3072, num_layers=12))
+      dict(num_heads=12, mlp_dim=3072, num_layers=12)
+  )
   config.model.temporal_transformer.update(
-      dict(num_heads=12, mlp_dim=3072, num_layers=4))
+      dict(num_heads=12, mlp_dim=3072, num_layers=4)
+  )
   return config
 
 
@@ -168,24 +201,34 @@ VIVIT_B_INPUT = (32, 224, 224, 3)
 
 
 def test_param_count_vivit_b_model1():
-  t, s = 32 // 2, (224 // 16)**2
-  expected = (conv_count(2 * 16 * 16, 3, 768) + 768  # embedding, cls
-              + encoder_count(t * s + 1, 768, 3072, 12) + head_count(768, 400))
-  got = count_params(build(vivit_b_config('spacetime'), VIVIT_B_INPUT, 400),
-                     VIVIT_B_INPUT)
+  t, s = 32 // 2, (224 // 16) ** 2
+  expected = (
+      conv_count(2 * 16 * 16, 3, 768)
+      + 768  # embedding, cls
+      + encoder_count(t * s + 1, 768, 3072, 12)
+      + head_count(768, 400)
+  )
+  got = count_params(
+      build(vivit_b_config('spacetime'), VIVIT_B_INPUT, 400), VIVIT_B_INPUT
+  )
   assert got == expected
   assert 86e6 < got < 89e6
 
 
 def test_param_count_vivit_b_model2():
-  t, s = 32 // 2, (224 // 16)**2
-  expected = (conv_count(2 * 16 * 16, 3, 768)
-              + 768 + encoder_count(s + 1, 768, 3072, 12)  # spatial
-              + 768 + encoder_count(t + 1, 768, 3072, 4)  # temporal
-              + head_count(768, 400))
+  t, s = 32 // 2, (224 // 16) ** 2
+  expected = (
+      conv_count(2 * 16 * 16, 3, 768)
+      + 768
+      + encoder_count(s + 1, 768, 3072, 12)  # spatial
+      + 768
+      + encoder_count(t + 1, 768, 3072, 4)  # temporal
+      + head_count(768, 400)
+  )
   got = count_params(
       build(vivit_b_config('factorized_encoder'), VIVIT_B_INPUT, 400),
-      VIVIT_B_INPUT)
+      VIVIT_B_INPUT,
+  )
   assert got == expected
   assert got > 100e6
 
@@ -216,57 +259,79 @@ def scenic_k400_model_config(factorised):
     config.model.num_layers = 12
   config.model.representation_size = None
   config.model.classifier = 'token'
-  config.model.attention_dropout_rate = 0.
-  config.model.dropout_rate = 0.
+  config.model.attention_dropout_rate = 0.0
+  config.model.dropout_rate = 0.0
   config.model_dtype_str = 'float32'
   config.model.temporal_encoding_config = ml_collections.ConfigDict()
   config.model.temporal_encoding_config.method = '3d_conv'
   config.model.patches.size = (16, 16, 2)
   config.model.temporal_encoding_config.kernel_init_method = (
-      'central_frame_initializer')
+      'central_frame_initializer'
+  )
   config.model.temporal_encoding_config.n_sampled_frames = 16
   return config
 
 
 @pytest.mark.parametrize('factorised', [False, True])
 def test_scenic_k400_config_builds_with_scenic_names(factorised):
-  model = vivit.get_model_cls(
-      'vivit_classification')(scenic_k400_model_config(factorised),
-                              {'num_classes': 400})
+  model = vivit.get_model_cls('vivit_classification')(
+      scenic_k400_model_config(factorised), {'num_classes': 400}
+  )
   shapes = jax.eval_shape(
       lambda x: model.flax_model.init(jax.random.key(0), x, train=False),
-      jax.ShapeDtypeStruct((1,) + VIVIT_B_INPUT, jnp.float32))['params']
+      jax.ShapeDtypeStruct((1,) + VIVIT_B_INPUT, jnp.float32),
+  )['params']
   assert shapes['embedding']['kernel'].shape == (2, 16, 16, 3, 768)
   assert shapes['output_projection']['kernel'].shape == (768, 400)
   if factorised:
-    assert set(shapes) == {'embedding', 'cls_SpatialTransformer',
-                           'SpatialTransformer', 'cls_TemporalTransformer',
-                           'TemporalTransformer', 'output_projection'}
+    assert set(shapes) == {
+        'embedding',
+        'cls_SpatialTransformer',
+        'SpatialTransformer',
+        'cls_TemporalTransformer',
+        'TemporalTransformer',
+        'output_projection',
+    }
     assert shapes['SpatialTransformer']['posembed_input'][
-        'pos_embedding'].shape == (1, 197, 768)
+        'pos_embedding'
+    ].shape == (1, 197, 768)
     assert shapes['TemporalTransformer']['posembed_input'][
-        'pos_embedding'].shape == (1, 17, 768)
+        'pos_embedding'
+    ].shape == (1, 17, 768)
   else:
-    assert set(shapes) == {'embedding', 'cls', 'Transformer',
-                           'output_projection'}
+    assert set(shapes) == {
+        'embedding',
+        'cls',
+        'Transformer',
+        'output_projection',
+    }
     block = shapes['Transformer']['encoderblock_11']
-    assert set(block) == {'LayerNorm_0', 'MultiHeadDotProductAttention_0',
-                          'LayerNorm_1', 'MlpBlock_0'}
-    assert block['MultiHeadDotProductAttention_0']['query'][
-        'kernel'].shape == (768, 12, 64)
+    assert set(block) == {
+        'LayerNorm_0',
+        'MultiHeadDotProductAttention_0',
+        'LayerNorm_1',
+        'MlpBlock_0',
+    }
+    assert block['MultiHeadDotProductAttention_0']['query']['kernel'].shape == (
+        768,
+        12,
+        64,
+    )
 
 
 # ---------------------------------- factorised attention vs plain jax.numpy
 def plain_layer_norm(x, p):
   mean = x.mean(-1, keepdims=True)
-  var = ((x - mean)**2).mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
   return (x - mean) / jnp.sqrt(var + 1e-6) * p['scale'] + p['bias']
 
 
 def plain_projections(x, p):
   """q, k, v of shape [..., heads, depth] from [..., D] tokens."""
-  return [jnp.einsum('...d,dhk->...hk', x, p[n]['kernel']) + p[n]['bias']
-          for n in ('query', 'key', 'value')]
+  return [
+      jnp.einsum('...d,dhk->...hk', x, p[n]['kernel']) + p[n]['bias']
+      for n in ('query', 'key', 'value')
+  ]
 
 
 def plain_attention(q, k, v):
@@ -278,8 +343,9 @@ def plain_attention(q, k, v):
 def over_time(fn, *grids):
   """Applies fn to [B*S, T, ...] sequences made from [B, T, S, ...] grids."""
   b, t, s = grids[0].shape[:3]
-  seqs = [jnp.swapaxes(g, 1, 2).reshape((b * s, t) + g.shape[3:])
-          for g in grids]
+  seqs = [
+      jnp.swapaxes(g, 1, 2).reshape((b * s, t) + g.shape[3:]) for g in grids
+  ]
   out = fn(*seqs)
   return jnp.swapaxes(out.reshape((b, s, t) + out.shape[2:]), 1, 2)
 
@@ -305,7 +371,8 @@ def block_and_input(attention, heads=4):
   block = vivit.EncoderBlock(mlp_dim=64, num_heads=heads, attention=attention)
   x = jax.random.normal(jax.random.key(3), (2, 4, 16, 32))  # B, T, S, D
   params = random_params(
-      lambda v: block.init(jax.random.key(0), v, deterministic=True), x)
+      lambda v: block.init(jax.random.key(0), v, deterministic=True), x
+  )
   out = block.apply({'params': params}, x, deterministic=True)
   return params, x, out
 
@@ -317,11 +384,13 @@ def test_model3_block_matches_plain_math(order):
   for axis in order:
     p = params[f'MultiHeadDotProductAttention_{axis}']
     q, k, v = plain_projections(
-        plain_layer_norm(want, params[f'LayerNorm_{axis}']), p)
+        plain_layer_norm(want, params[f'LayerNorm_{axis}']), p
+    )
     attend = over_time if axis == 'time' else over_space
     want = want + plain_out(attend(plain_attention, q, k, v), p['out'])
-  want = want + plain_mlp(plain_layer_norm(want, params['LayerNorm_mlp']),
-                          params['MlpBlock'])
+  want = want + plain_mlp(
+      plain_layer_norm(want, params['LayerNorm_mlp']), params['MlpBlock']
+  )
   np.testing.assert_allclose(out, want, atol=1e-5, rtol=1e-5)
 
 
@@ -331,14 +400,16 @@ def test_model4_block_matches_plain_math():
   q, k, v = plain_projections(plain_layer_norm(x, params['LayerNorm_0']), p)
   half = q.shape[-2] // 2
   first, second = slice(None, half), slice(half, None)
-  time_heads = over_time(plain_attention, q[..., first, :], k[..., first, :],
-                         v[..., first, :])
-  space_heads = over_space(plain_attention, q[..., second, :],
-                           k[..., second, :], v[..., second, :])
-  want = x + plain_out(jnp.concatenate([time_heads, space_heads], -2),
-                       p['out'])
-  want = want + plain_mlp(plain_layer_norm(want, params['LayerNorm_1']),
-                          params['MlpBlock_0'])
+  time_heads = over_time(
+      plain_attention, q[..., first, :], k[..., first, :], v[..., first, :]
+  )
+  space_heads = over_space(
+      plain_attention, q[..., second, :], k[..., second, :], v[..., second, :]
+  )
+  want = x + plain_out(jnp.concatenate([time_heads, space_heads], -2), p['out'])
+  want = want + plain_mlp(
+      plain_layer_norm(want, params['LayerNorm_1']), params['MlpBlock_0']
+  )
   np.testing.assert_allclose(out, want, atol=1e-5, rtol=1e-5)
 
 
@@ -346,13 +417,16 @@ def test_model1_block_matches_plain_math():
   params, x, _ = block_and_input('tokens')
   tokens = x.reshape(2, 64, 32)
   out = vivit.EncoderBlock(mlp_dim=64, num_heads=4).apply(
-      {'params': params}, tokens, deterministic=True)
+      {'params': params}, tokens, deterministic=True
+  )
   p = params['MultiHeadDotProductAttention_0']
   q, k, v = plain_projections(
-      plain_layer_norm(tokens, params['LayerNorm_0']), p)
+      plain_layer_norm(tokens, params['LayerNorm_0']), p
+  )
   want = tokens + plain_out(plain_attention(q, k, v), p['out'])
-  want = want + plain_mlp(plain_layer_norm(want, params['LayerNorm_1']),
-                          params['MlpBlock_0'])
+  want = want + plain_mlp(
+      plain_layer_norm(want, params['LayerNorm_1']), params['MlpBlock_0']
+  )
   np.testing.assert_allclose(out, want, atol=1e-5, rtol=1e-5)
 
 
@@ -366,16 +440,18 @@ def test_map_head_matches_plain_math():
   q = plain_projections(probe, p)[0]
   _, k, v = plain_projections(x, p)
   pooled = plain_out(plain_attention(q, k, v), p['out'])
-  want = pooled + plain_mlp(plain_layer_norm(pooled, params['LayerNorm_0']),
-                            params['MlpBlock_0'])
+  want = pooled + plain_mlp(
+      plain_layer_norm(pooled, params['LayerNorm_0']), params['MlpBlock_0']
+  )
   np.testing.assert_allclose(out, want[:, 0], atol=1e-5, rtol=1e-5)
   shuffled = head.apply({'params': params}, x[:, ::-1])  # Order-free pooling.
   np.testing.assert_allclose(shuffled, out, atol=1e-5, rtol=1e-5)
 
 
 def test_conv_stem_matches_lax_convolution_and_sets_the_token_grid():
-  config = make_config(stem=dict(features=(8, 16), strides=(1, 2)),
-                       patches=dict(size=(2, 2, 2)))
+  config = make_config(
+      stem=dict(features=(8, 16), strides=(1, 2)), patches=dict(size=(2, 2, 2))
+  )
   model = build(config)
   assert model.flax_model.token_grid(INPUT[:3]) == (4, 4, 4)
   params = init_params(model)
@@ -384,13 +460,19 @@ def test_conv_stem_matches_lax_convolution_and_sets_the_token_grid():
   want = x
   for i, stride in enumerate((1, 2)):
     want = jax.lax.conv_general_dilated(
-        want, stem[f'conv_{i}'], (stride,) * 3, 'SAME',
-        dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'))
+        want,
+        stem[f'conv_{i}'],
+        (stride,) * 3,
+        'SAME',
+        dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'),
+    )
     want = jax.nn.relu(want + stem[f'bias_{i}'])
   got = vivit.ConvStem((8, 16), (1, 2)).apply({'params': stem}, x)
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
   assert model.flax_model.apply({'params': params}, x, train=False).shape == (
-      2, NUM_CLASSES)
+      2,
+      NUM_CLASSES,
+  )
 
 
 def test_stem_stride_that_does_not_divide_the_input_is_refused():
@@ -410,14 +492,18 @@ def test_factorised_encoder_spatial_stage_sees_one_time_index():
 
   def spatial_tokens(inputs):
     _, state = model.flax_model.apply(
-        {'params': params}, inputs, train=False, mutable=['intermediates'],
-        capture_intermediates=lambda m, _: m.name == 'SpatialTransformer')
+        {'params': params},
+        inputs,
+        train=False,
+        mutable=['intermediates'],
+        capture_intermediates=lambda m, _: m.name == 'SpatialTransformer',
+    )
     out = state['intermediates']['SpatialTransformer']['__call__'][0]
     return out.reshape(2, 4, -1)  # [B, time index, tokens * D]
 
   diff = np.abs(spatial_tokens(x2) - spatial_tokens(x)).max(axis=(0, 2))
   assert diff[2] > 1e-3
-  np.testing.assert_array_equal(np.delete(diff, 2), 0.)
+  np.testing.assert_array_equal(np.delete(diff, 2), 0.0)
 
 
 def test_temporal_sampling_ignores_unsampled_frames():
@@ -427,8 +513,8 @@ def test_temporal_sampling_ignores_unsampled_frames():
   apply = lambda v: model.flax_model.apply({'params': params}, v, train=False)
   base = apply(x)
   # 4 of 16 frames: round(3.2 * i) for i = 1..4 -> frames 3, 6, 10, 13.
-  np.testing.assert_array_equal(apply(x.at[:, 0].add(1.)), base)
-  assert np.abs(apply(x.at[:, 10].add(1.)) - base).max() > 1e-4
+  np.testing.assert_array_equal(apply(x.at[:, 0].add(1.0)), base)
+  assert np.abs(apply(x.at[:, 10].add(1.0)) - base).max() > 1e-4
 
 
 def test_keras_seed_drops_remainder_to_27_tokens():
@@ -439,33 +525,42 @@ def test_keras_seed_drops_remainder_to_27_tokens():
 def test_stochastic_depth_grows_linearly_to_the_last_layer():
   # Rate 1 over 2 layers: layer 0 never drops, layer 1 always drops, so
   # training output equals a 1-layer model with the same first block.
-  config = make_config('spacetime', 'gap', num_layers=2,
-                       stochastic_droplayer_rate=1.0)
+  config = make_config(
+      'spacetime', 'gap', num_layers=2, stochastic_droplayer_rate=1.0
+  )
   params = init_params(build(config))
   x = clips()
   train_out = build(config).flax_model.apply(
-      {'params': params}, x, train=True, rngs={'dropout': jax.random.key(0)})
+      {'params': params}, x, train=True, rngs={'dropout': jax.random.key(0)}
+  )
   one_layer = dict(params)
   one_layer['Transformer'] = {
-      k: v for k, v in params['Transformer'].items() if k != 'encoderblock_1'}
+      k: v for k, v in params['Transformer'].items() if k != 'encoderblock_1'
+  }
   eval_out = build(make_config('spacetime', 'gap')).flax_model.apply(
-      {'params': one_layer}, x, train=False)
+      {'params': one_layer}, x, train=False
+  )
   np.testing.assert_allclose(train_out, eval_out, atol=1e-6)
 
 
 def test_dropout_uses_the_dropout_rng():
-  config = make_config('spacetime', 'gap', dropout_rate=0.2,
-                       attention_dropout_rate=0.2)
+  config = make_config(
+      'spacetime', 'gap', dropout_rate=0.2, attention_dropout_rate=0.2
+  )
   model = build(config)
   params = init_params(model)
   x = clips()
-  train = jax.jit(lambda key: model.flax_model.apply(
-      {'params': params}, x, train=True, rngs={'dropout': key}))
+  train = jax.jit(
+      lambda key: model.flax_model.apply(
+          {'params': params}, x, train=True, rngs={'dropout': key}
+      )
+  )
   run = lambda seed: train(jax.random.key(seed))
   np.testing.assert_array_equal(run(0), run(0))
   assert not np.allclose(run(0), run(1))
   assert not np.allclose(
-      run(0), model.flax_model.apply({'params': params}, x, train=False))
+      run(0), model.flax_model.apply({'params': params}, x, train=False)
+  )
 
 
 def test_return_prelogits_and_representation():
@@ -473,8 +568,9 @@ def test_return_prelogits_and_representation():
   model = build(config)
   params = init_params(model)
   x = clips()
-  pre = model.flax_model.apply({'params': params}, x, train=False,
-                               return_prelogits=True)
+  pre = model.flax_model.apply(
+      {'params': params}, x, train=False, return_prelogits=True
+  )
   assert pre.shape == (2, 12) and np.all(np.abs(pre) <= 1)  # tanh
   config.model.return_prelogits = True
   same = build(config).flax_model.apply({'params': params}, x, train=False)
@@ -487,15 +583,20 @@ def test_init_variables_zero_head_float32_params():
   config.model_dtype_str = 'bfloat16'
   model = build(config, input_shape=(4, 4, 4, 1))
   params = model.init_variables(jax.random.key(0))['params']
-  np.testing.assert_array_equal(params['output_projection']['kernel'], 0.)
+  np.testing.assert_array_equal(params['output_projection']['kernel'], 0.0)
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
 
 
 # ------------------------------------------------------------- gradients
-@pytest.mark.parametrize('attention,classifier', [
-    ('spacetime', 'token'), ('factorized_encoder', 'token'),
-    ('factorized_self_attention_block', 'gap'),
-    ('factorized_dot_product_attention', 'gap')])
+@pytest.mark.parametrize(
+    'attention,classifier',
+    [
+        ('spacetime', 'token'),
+        ('factorized_encoder', 'token'),
+        ('factorized_self_attention_block', 'gap'),
+        ('factorized_dot_product_attention', 'gap'),
+    ],
+)
 def test_gradients_reach_every_parameter(attention, classifier):
   """Every parameter gets a gradient, except the attention key biases: adding
   a constant to all logits of a query leaves its softmax unchanged, so their
@@ -509,26 +610,31 @@ def test_gradients_reach_every_parameter(attention, classifier):
 
   def loss(p):
     logits = model.flax_model.apply({'params': p}, x, train=False)
-    return model.loss_function(logits, {'label': labels,
-                                        'batch_mask': jnp.ones(2)})
+    return model.loss_function(
+        logits, {'label': labels, 'batch_mask': jnp.ones(2)}
+    )
 
   grads = jax.jit(jax.grad(loss))(params)
-  norms = {jax.tree_util.keystr(path): float(np.linalg.norm(g))
-           for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]}
+  norms = {
+      jax.tree_util.keystr(path): float(np.linalg.norm(g))
+      for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]
+  }
   key_biases = {k for k in norms if k.endswith("['key']['bias']")}
   assert key_biases
   for k in key_biases:
     query_bias = k.replace("['key']", "['query']")
     assert norms[k] < 1e-4 * norms[query_bias], k
   scale = max(norms.values())
-  dead = [k for k, n in norms.items()
-          if k not in key_biases and n < 1e-6 * scale]
+  dead = [
+      k for k, n in norms.items() if k not in key_biases and n < 1e-6 * scale
+  ]
   assert not dead
 
 
 # --------------------------------------------------------------- bfloat16
-@pytest.mark.parametrize('attention', ['spacetime',
-                                       'factorized_dot_product_attention'])
+@pytest.mark.parametrize(
+    'attention', ['spacetime', 'factorized_dot_product_attention']
+)
 def test_bfloat16_close_to_float32(attention):
   config = make_config(attention, 'gap', num_layers=2)
   params = init_params(build(config))
@@ -536,7 +642,8 @@ def test_bfloat16_close_to_float32(attention):
   bf16 = build(config)
   x = clips()
   want = build(make_config(attention, 'gap', num_layers=2)).flax_model.apply(
-      {'params': params}, x, train=False)
+      {'params': params}, x, train=False
+  )
   got = bf16.flax_model.apply({'params': params}, x, train=False)
   assert got.dtype == jnp.float32
   assert np.linalg.norm(got - want) / np.linalg.norm(want) < 2e-2
@@ -544,44 +651,76 @@ def test_bfloat16_close_to_float32(attention):
 
 # ----------------------------------------------------------------- errors
 ERROR_CASES = {
-    'unknown attention': (dict(attention_type='axial'),
-                          ['attention_config.type', "'axial'"]),
-    'unknown classifier': (dict(classifier='cls'),
-                           ['config.model.classifier', "'cls'", 'gap']),
+    'unknown attention': (
+        dict(attention_type='axial'),
+        ['attention_config.type', "'axial'"],
+    ),
+    'unknown classifier': (
+        dict(classifier='cls'),
+        ['config.model.classifier', "'cls'", 'gap'],
+    ),
     'token with model 3': (
-        dict(attention_type='factorized_self_attention_block',
-             classifier='token'),
-        ["classifier='token' is not supported", 'gap']),
+        dict(
+            attention_type='factorized_self_attention_block', classifier='token'
+        ),
+        ["classifier='token' is not supported", 'gap'],
+    ),
     'token with model 4': (
-        dict(attention_type='factorized_dot_product_attention',
-             classifier='token'),
-        ["classifier='token' is not supported", 'gap']),
-    'heads vs hidden': (dict(num_heads=3),
-                        ['num_heads=3', 'hidden_size=32',
-                         '[1, 2, 4, 8, 16, 32]']),
+        dict(
+            attention_type='factorized_dot_product_attention',
+            classifier='token',
+        ),
+        ["classifier='token' is not supported", 'gap'],
+    ),
+    'heads vs hidden': (
+        dict(num_heads=3),
+        ['num_heads=3', 'hidden_size=32', '[1, 2, 4, 8, 16, 32]'],
+    ),
     'model 2 heads vs hidden': (
-        dict(attention_type='factorized_encoder',
-             spatial_transformer=dict(num_heads=5, mlp_dim=8, num_layers=1)),
-        ['spatial_transformer.num_heads=5', 'hidden_size=32']),
+        dict(
+            attention_type='factorized_encoder',
+            spatial_transformer=dict(num_heads=5, mlp_dim=8, num_layers=1),
+        ),
+        ['spatial_transformer.num_heads=5', 'hidden_size=32'],
+    ),
     'model 4 odd heads': (
-        dict(attention_type='factorized_dot_product_attention',
-             hidden_size=30, num_heads=3),
-        ['must be even', '3']),
-    'unknown posemb': (dict(positional_embedding='rope'),
-                       ['positional_embedding', "'rope'"]),
-    'unknown order': (dict(attention_type='factorized_self_attention_block',
-                           attention_config=dict(
-                               type='factorized_self_attention_block',
-                               attention_order='diagonal')),
-                      ['attention_order', "'diagonal'"]),
+        dict(
+            attention_type='factorized_dot_product_attention',
+            hidden_size=30,
+            num_heads=3,
+        ),
+        ['must be even', '3'],
+    ),
+    'unknown posemb': (
+        dict(positional_embedding='rope'),
+        ['positional_embedding', "'rope'"],
+    ),
+    'unknown order': (
+        dict(
+            attention_type='factorized_self_attention_block',
+            attention_config=dict(
+                type='factorized_self_attention_block',
+                attention_order='diagonal',
+            ),
+        ),
+        ['attention_order', "'diagonal'"],
+    ),
     'unknown kernel init': (
-        dict(temporal_encoding_config=dict(method='3d_conv',
-                                           kernel_init_method='magic')),
-        ['kernel_init_method', "'magic'"]),
-    'cudnn in float32': (dict(attention_implementation='cudnn'),
-                         ["attention_implementation='cudnn'", 'bfloat16']),
-    'unknown tokenizer': (dict(temporal_encoding_config=dict(method='2d')),
-                          ['temporal_encoding_config.method', "'2d'"]),
+        dict(
+            temporal_encoding_config=dict(
+                method='3d_conv', kernel_init_method='magic'
+            )
+        ),
+        ['kernel_init_method', "'magic'"],
+    ),
+    'cudnn in float32': (
+        dict(attention_implementation='cudnn'),
+        ["attention_implementation='cudnn'", 'bfloat16'],
+    ),
+    'unknown tokenizer': (
+        dict(temporal_encoding_config=dict(method='2d')),
+        ['temporal_encoding_config.method', "'2d'"],
+    ),
 }
 
 
@@ -606,12 +745,18 @@ def test_non_tiling_patch_fails_at_construction_and_first_call():
   with pytest.raises(ValueError) as err:
     build(config)
   message = str(err.value)
-  for fragment in ['height', 'Patch height 5', 'input height 16',
-                   '[1, 2, 4, 8, 16]', 'drop_remainder']:
+  for fragment in [
+      'height',
+      'Patch height 5',
+      'input height 16',
+      '[1, 2, 4, 8, 16]',
+      'drop_remainder',
+  ]:
     assert fragment in message
   # Without input_shape in the meta data it fails on the first call instead.
   model = vivit.get_model_cls('vivit_classification')(
-      config, {'num_classes': NUM_CLASSES})
+      config, {'num_classes': NUM_CLASSES}
+  )
   with pytest.raises(ValueError, match='does not tile the input height 16'):
     model.flax_model.init(jax.random.key(0), clips(), train=False)
 
@@ -619,7 +764,8 @@ def test_non_tiling_patch_fails_at_construction_and_first_call():
 def test_drop_remainder_allows_non_tiling_but_not_zero_tokens():
   config = make_config()
   config.model.patches = ml_collections.ConfigDict(
-      dict(size=(5, 4, 3), drop_remainder=True))
+      dict(size=(5, 4, 3), drop_remainder=True)
+  )
   model = build(config)
   assert model.flax_model.token_grid((16, 16, 16)) == (5, 3, 4)
   config.model.patches.size = (4, 4, 17)
@@ -647,10 +793,12 @@ def loss_batch(num_classes=NUM_CLASSES, n=8, seed=0):
   logits = rng.normal(size=(n, num_classes)).astype(np.float32)
   labels = rng.integers(0, num_classes, n)
   mask = np.ones(n, np.float32)
-  mask[-3:] = 0.
+  mask[-3:] = 0.0
   logits[-3:] = np.nan  # padding must not leak in, even as nan
-  batch = {'label': np.eye(num_classes, dtype=np.float32)[labels],
-           'batch_mask': mask}
+  batch = {
+      'label': np.eye(num_classes, dtype=np.float32)[labels],
+      'batch_mask': mask,
+  }
   return logits, labels, batch
 
 
@@ -668,8 +816,9 @@ def test_loss_is_weighted_mean_cross_entropy(smoothing):
   np.testing.assert_allclose(got, want, rtol=1e-5)
   # Integer labels give the same loss.
   int_batch = dict(batch, label=labels)
-  np.testing.assert_allclose(model.loss_function(jnp.asarray(logits),
-                                                 int_batch), want, rtol=1e-5)
+  np.testing.assert_allclose(
+      model.loss_function(jnp.asarray(logits), int_batch), want, rtol=1e-5
+  )
 
 
 def test_loss_adds_l2_decay():
@@ -677,7 +826,7 @@ def test_loss_adds_l2_decay():
   config.l2_decay_factor = 0.01
   model = build(config)
   logits, _, batch = loss_batch()
-  params = {'a': jnp.full((3,), 2.), 'b': {'c': jnp.ones((2, 2))}}
+  params = {'a': jnp.full((3,), 2.0), 'b': {'c': jnp.ones((2, 2))}}
   base = -(batch['label'][:5] * np_log_softmax(logits[:5])).sum(-1).mean()
   got = model.loss_function(jnp.asarray(logits), batch, params)
   np.testing.assert_allclose(got, base + 0.5 * 0.01 * (12 + 4), rtol=1e-5)
@@ -692,7 +841,8 @@ def test_metrics_are_weighted_and_summed_over_devices():
   # Two "devices" of 4 examples each, summed over the axis named 'batch'.
   shard = lambda a: jnp.asarray(a).reshape((2, 4) + np.shape(a)[1:])
   got = jax.vmap(metrics_fn, axis_name='batch')(
-      shard(logits), jax.tree_util.tree_map(shard, batch))
+      shard(logits), jax.tree_util.tree_map(shard, batch)
+  )
   valid = logits[:5]
   order = np.argsort(-valid, axis=-1)
   want = {
@@ -704,13 +854,14 @@ def test_metrics_are_weighted_and_summed_over_devices():
   for name, value in want.items():
     total, count = got[name]
     np.testing.assert_allclose(total, np.full(2, value), rtol=1e-5)
-    np.testing.assert_allclose(count, np.full(2, 5.))
+    np.testing.assert_allclose(count, np.full(2, 5.0))
 
 
 def test_metrics_without_top5_for_few_classes():
   model = build(make_config(), num_classes=5)
   logits, _, batch = loss_batch(num_classes=5)
   got = jax.pmap(model.get_metrics_fn('train'), axis_name='batch')(
-      jnp.asarray(logits)[None], jax.tree_util.tree_map(lambda a: a[None],
-                                                        batch))
+      jnp.asarray(logits)[None],
+      jax.tree_util.tree_map(lambda a: a[None], batch),
+  )
   assert set(got) == {'accuracy', 'loss'}

@@ -11,34 +11,71 @@ from vivit_flax import model_utils
 
 def test_token_grid_tubelets_and_sampling():
   assert model_utils.token_grid((32, 224, 224), (16, 16, 2)) == (16, 14, 14)
-  assert model_utils.token_grid((28, 28, 28), (8, 8, 8),
-                                drop_remainder=True) == (3, 3, 3)
   assert model_utils.token_grid(
-      (16, 32, 32), (8, 8), tokenizer='temporal_sampling',
-      n_sampled_frames=5) == (5, 4, 4)
+      (28, 28, 28), (8, 8, 8), drop_remainder=True
+  ) == (3, 3, 3)
   assert model_utils.token_grid(
-      (16, 32, 32), (8, 8, 1), tokenizer='temporal_sampling',
-      n_sampled_frames=16) == (16, 4, 4)
+      (16, 32, 32), (8, 8), tokenizer='temporal_sampling', n_sampled_frames=5
+  ) == (5, 4, 4)
+  assert model_utils.token_grid(
+      (16, 32, 32),
+      (8, 8, 1),
+      tokenizer='temporal_sampling',
+      n_sampled_frames=16,
+  ) == (16, 4, 4)
 
 
-@pytest.mark.parametrize('kwargs,fragments', [
-    (dict(input_thw=(12, 16, 16), patch_size=(4, 4, 5)),
-     ['time', 'Patch time 5', 'input time 12', '[1, 2, 3, 4, 6, 12]']),
-    (dict(input_thw=(12, 16, 18), patch_size=(4, 4, 4)),
-     ['Patch width 4', 'input width 18', '[1, 2, 3, 6, 9, 18]']),
-    (dict(input_thw=(12, 16, 16), patch_size=(4, 32, 4), drop_remainder=True),
-     ['zero tokens', 'width', 'between 1 and 16']),
-    (dict(input_thw=(12, 16, 16), patch_size=(4, 4)),
-     ["'3d_conv' needs", '(h, w, t)']),
-    (dict(input_thw=(12, 16, 16), patch_size=(4, 4, 2),
-          tokenizer='temporal_sampling', n_sampled_frames=4),
-     ['(h, w) or (h, w, 1)']),
-    (dict(input_thw=(12, 16, 16), patch_size=(4, 4),
-          tokenizer='temporal_sampling'), ['n_sampled_frames']),
-    (dict(input_thw=(12, 16, 16), patch_size=(4, 4),
-          tokenizer='temporal_sampling', n_sampled_frames=13),
-     ['n_sampled_frames=13', '[1, 12]']),
-])
+@pytest.mark.parametrize(
+    'kwargs,fragments',
+    [
+        (
+            dict(input_thw=(12, 16, 16), patch_size=(4, 4, 5)),
+            ['time', 'Patch time 5', 'input time 12', '[1, 2, 3, 4, 6, 12]'],
+        ),
+        (
+            dict(input_thw=(12, 16, 18), patch_size=(4, 4, 4)),
+            ['Patch width 4', 'input width 18', '[1, 2, 3, 6, 9, 18]'],
+        ),
+        (
+            dict(
+                input_thw=(12, 16, 16),
+                patch_size=(4, 32, 4),
+                drop_remainder=True,
+            ),
+            ['zero tokens', 'width', 'between 1 and 16'],
+        ),
+        (
+            dict(input_thw=(12, 16, 16), patch_size=(4, 4)),
+            ["'3d_conv' needs", '(h, w, t)'],
+        ),
+        (
+            dict(
+                input_thw=(12, 16, 16),
+                patch_size=(4, 4, 2),
+                tokenizer='temporal_sampling',
+                n_sampled_frames=4,
+            ),
+            ['(h, w) or (h, w, 1)'],
+        ),
+        (
+            dict(
+                input_thw=(12, 16, 16),
+                patch_size=(4, 4),
+                tokenizer='temporal_sampling',
+            ),
+            ['n_sampled_frames'],
+        ),
+        (
+            dict(
+                input_thw=(12, 16, 16),
+                patch_size=(4, 4),
+                tokenizer='temporal_sampling',
+                n_sampled_frames=13,
+            ),
+            ['n_sampled_frames=13', '[1, 12]'],
+        ),
+    ],
+)
 def test_token_grid_errors(kwargs, fragments):
   input_thw = kwargs.pop('input_thw')
   patch_size = kwargs.pop('patch_size')
@@ -49,29 +86,34 @@ def test_token_grid_errors(kwargs, fragments):
 
 
 def test_sample_frame_indices():
-  np.testing.assert_array_equal(model_utils.sample_frame_indices(16, 4),
-                                [3, 6, 10, 13])
-  np.testing.assert_array_equal(model_utils.sample_frame_indices(8, 8),
-                                np.arange(8))
+  np.testing.assert_array_equal(
+      model_utils.sample_frame_indices(16, 4), [3, 6, 10, 13]
+  )
+  np.testing.assert_array_equal(
+      model_utils.sample_frame_indices(8, 8), np.arange(8)
+  )
   idx = model_utils.sample_frame_indices(28, 9)
   assert len(idx) == 9 and np.all(np.diff(idx) > 0) and idx[-1] < 28
 
 
 def test_central_frame_initializer():
   kernel = model_utils.central_frame_initializer()(
-      jax.random.key(0), (3, 4, 4, 2, 8))
+      jax.random.key(0), (3, 4, 4, 2, 8)
+  )
   assert np.all(np.asarray(kernel[1]) != 0)
-  np.testing.assert_array_equal(kernel[0], 0.)
-  np.testing.assert_array_equal(kernel[2], 0.)
+  np.testing.assert_array_equal(kernel[0], 0.0)
+  np.testing.assert_array_equal(kernel[2], 0.0)
   even = model_utils.central_frame_initializer()(
-      jax.random.key(0), (2, 4, 4, 2, 8))
-  np.testing.assert_array_equal(even[0], 0.)  # centre of 2 frames is index 1
+      jax.random.key(0), (2, 4, 4, 2, 8)
+  )
+  np.testing.assert_array_equal(even[0], 0.0)  # centre of 2 frames is index 1
   assert np.all(np.asarray(even[1]) != 0)
 
 
 def test_average_frame_initializer():
   kernel = model_utils.average_frame_initializer()(
-      jax.random.key(0), (4, 3, 3, 1, 16))
+      jax.random.key(0), (4, 3, 3, 1, 16)
+  )
   for t in range(1, 4):
     np.testing.assert_array_equal(kernel[t], kernel[0])
   assert np.std(np.asarray(kernel)) > 0
@@ -81,7 +123,7 @@ def test_sinusoidal_3d_position_embedding():
   emb = model_utils.sinusoidal_3d_position_embedding((2, 3, 4), 32)
   assert emb.shape == (24, 32) and emb.dtype == np.float32
   assert len({row.tobytes() for row in emb}) == 24  # every position distinct
-  np.testing.assert_array_equal(emb[:, 30:], 0.)  # 32 = 6 * 5 + 2 padding
+  np.testing.assert_array_equal(emb[:, 30:], 0.0)  # 32 = 6 * 5 + 2 padding
   grid = emb.reshape(2, 3, 4, 32)
   # Channels 0-9 encode time only, 10-19 height only, 20-29 width only.
   np.testing.assert_allclose(grid[:, 0, 0, :10], grid[:, 2, 3, :10])
@@ -103,20 +145,33 @@ def test_attention_along_any_axis_matches_flat_attention():
   time = model_utils.dot_product_attention(q, k, v, axis=1)
   flat = lambda a: a.reshape(6, 5, 4, 8)
   np.testing.assert_allclose(
-      space, jax.nn.dot_product_attention(flat(q), flat(k), flat(v)).reshape(
-          space.shape), atol=1e-6)
+      space,
+      jax.nn.dot_product_attention(flat(q), flat(k), flat(v)).reshape(
+          space.shape
+      ),
+      atol=1e-6,
+  )
   swap = lambda a: jnp.swapaxes(a, 1, 2)
   np.testing.assert_allclose(
-      time, swap(model_utils.dot_product_attention(swap(q), swap(k), swap(v),
-                                                   axis=2)), atol=1e-6)
+      time,
+      swap(
+          model_utils.dot_product_attention(swap(q), swap(k), swap(v), axis=2)
+      ),
+      atol=1e-6,
+  )
 
 
 def test_attention_dropout():
   q, k, v = _qkv((2, 10, 4, 8))
   clean = model_utils.dot_product_attention(q, k, v)
   run = lambda seed, deterministic=False: model_utils.dot_product_attention(
-      q, k, v, dropout_rng=jax.random.key(seed), dropout_rate=0.5,
-      deterministic=deterministic)
+      q,
+      k,
+      v,
+      dropout_rng=jax.random.key(seed),
+      dropout_rate=0.5,
+      deterministic=deterministic,
+  )
   np.testing.assert_array_equal(run(0), run(0))
   assert not np.allclose(run(0), clean)
   assert not np.allclose(run(0), run(1))
@@ -126,26 +181,31 @@ def test_attention_dropout():
 def test_factorized_attention_splits_heads():
   q, k, v = _qkv((2, 3, 5, 4, 8))
   out = model_utils.factorized_dot_product_attention(q, k, v)
-  time = model_utils.dot_product_attention(q[..., :2, :], k[..., :2, :],
-                                           v[..., :2, :], axis=1)
-  space = model_utils.dot_product_attention(q[..., 2:, :], k[..., 2:, :],
-                                            v[..., 2:, :], axis=2)
-  np.testing.assert_allclose(out, jnp.concatenate([time, space], -2),
-                             atol=1e-6)
+  time = model_utils.dot_product_attention(
+      q[..., :2, :], k[..., :2, :], v[..., :2, :], axis=1
+  )
+  space = model_utils.dot_product_attention(
+      q[..., 2:, :], k[..., 2:, :], v[..., 2:, :], axis=2
+  )
+  np.testing.assert_allclose(out, jnp.concatenate([time, space], -2), atol=1e-6)
 
 
 def test_classification_helpers():
-  logits = jnp.array([[3., 1., 2.], [0., 5., 1.]])
+  logits = jnp.array([[3.0, 1.0, 2.0], [0.0, 5.0, 1.0]])
   labels = jnp.array([2, 1])
   one_hot = model_utils.as_one_hot(labels, logits)
-  np.testing.assert_array_equal(model_utils.as_one_hot(one_hot, logits),
-                                one_hot)
-  np.testing.assert_array_equal(model_utils.topk_correct(logits, one_hot, 1),
-                                [0., 1.])
-  np.testing.assert_array_equal(model_utils.topk_correct(logits, one_hot, 2),
-                                [1., 1.])
+  np.testing.assert_array_equal(
+      model_utils.as_one_hot(one_hot, logits), one_hot
+  )
+  np.testing.assert_array_equal(
+      model_utils.topk_correct(logits, one_hot, 1), [0.0, 1.0]
+  )
+  np.testing.assert_array_equal(
+      model_utils.topk_correct(logits, one_hot, 2), [1.0, 1.0]
+  )
   ce = model_utils.softmax_cross_entropy(logits, one_hot)
   np.testing.assert_allclose(
-      ce, -np.log(np.exp([2., 5.]) / np.exp(logits).sum(-1)), rtol=1e-5)
-  params = {'w': jnp.ones((2, 3)), 'b': [jnp.array([2.])]}
-  np.testing.assert_allclose(model_utils.l2_norm_squared(params), 10.)
+      ce, -np.log(np.exp([2.0, 5.0]) / np.exp(logits).sum(-1)), rtol=1e-5
+  )
+  params = {'w': jnp.ones((2, 3)), 'b': [jnp.array([2.0])]}
+  np.testing.assert_allclose(model_utils.l2_norm_squared(params), 10.0)

@@ -27,9 +27,16 @@ def _free_port() -> int:
 
 
 def _main_command(workdir, data_dir, *extra):
-  return [sys.executable, os.path.join(REPO, 'main.py'), f'--config={SMOKE}',
-          f'--workdir={workdir}', f'--config.dataset_configs.data_dir={data_dir}',
-          '--config.num_training_steps=3', '--config.log_eval_steps=100', *extra]
+  return [
+      sys.executable,
+      os.path.join(REPO, 'main.py'),
+      f'--config={SMOKE}',
+      f'--workdir={workdir}',
+      f'--config.dataset_configs.data_dir={data_dir}',
+      '--config.num_training_steps=3',
+      '--config.log_eval_steps=100',
+      *extra,
+  ]
 
 
 def _env(local_devices):
@@ -41,8 +48,17 @@ def _env(local_devices):
 
 
 def _run_all(commands, env, timeout=300):
-  procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd=REPO) for c in commands]
+  procs = [
+      subprocess.Popen(
+          c,
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          text=True,
+          cwd=REPO,
+      )
+      for c in commands
+  ]
   outputs = [p.communicate(timeout=timeout)[0] for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-4000:]
@@ -53,31 +69,52 @@ def _run_all(commands, env, timeout=300):
 def data_dir(tmp_path_factory):
   from vivit_flax import datasets  # pylint: disable=g-import-not-at-top
   from configs.synthetic import vivit_smoke  # pylint: disable=g-import-not-at-top
+
   path = tmp_path_factory.mktemp('data')
   config = vivit_smoke.get_config()
   config.dataset_configs.data_dir = str(path)
-  datasets.get_dataset(config, process_index=0, process_count=1, local_device_count=1)
+  datasets.get_dataset(
+      config, process_index=0, process_count=1, local_device_count=1
+  )
   return str(path)
 
 
-def test_two_processes_match_one_process_with_the_same_devices(data_dir, tmp_path):
+def test_two_processes_match_one_process_with_the_same_devices(
+    data_dir, tmp_path
+):
   single, multi = tmp_path / 'one_process', tmp_path / 'two_processes'
   _run_all([_main_command(single, data_dir)], _env(local_devices=4))
   port = _free_port()
-  _run_all([_main_command(multi, data_dir, f'--coordinator_address=127.0.0.1:{port}',
-                          '--num_processes=2', f'--process_id={i}') for i in range(2)],
-           _env(local_devices=2))
+  _run_all(
+      [
+          _main_command(
+              multi,
+              data_dir,
+              f'--coordinator_address=127.0.0.1:{port}',
+              '--num_processes=2',
+              f'--process_id={i}',
+          )
+          for i in range(2)
+      ],
+      _env(local_devices=2),
+  )
 
   params_single, _ = checkpoints.restore_params(str(single))
   params_multi, _ = checkpoints.restore_params(str(multi))
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                         params_multi, params_single)
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+      params_multi,
+      params_single,
+  )
 
   results_single = json.loads((single / 'results.json').read_text())
   results_multi = json.loads((multi / 'results.json').read_text())
   assert results_multi['num_devices'] == results_single['num_devices'] == 4
   from configs.synthetic import vivit_smoke  # pylint: disable=g-import-not-at-top
+
   sizes = vivit_smoke.get_config().dataset_configs
   for split, size in (('validation', sizes.num_val), ('test', sizes.num_test)):
     assert results_multi[split]['num_examples'] == size
-    assert results_multi[split]['accuracy'] == pytest.approx(results_single[split]['accuracy'])
+    assert results_multi[split]['accuracy'] == pytest.approx(
+        results_single[split]['accuracy']
+    )

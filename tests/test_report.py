@@ -24,7 +24,9 @@ def workdir(tmp_path_factory):
   rng = np.random.default_rng(0)
   arrays = {'label_names': np.array(LABEL_NAMES)}
   for split, n in (('train', 16), ('val', 8), ('test', 12)):
-    arrays[f'{split}_images'] = rng.integers(0, 256, (n, DEPTH, SIDE, SIDE), dtype=np.uint8)
+    arrays[f'{split}_images'] = rng.integers(
+        0, 256, (n, DEPTH, SIDE, SIDE), dtype=np.uint8
+    )
     arrays[f'{split}_labels'] = rng.integers(0, 3, (n, 1)).astype(np.uint8)
   np.savez(root / 'volumes.npz', **arrays)
   config = vivit_smoke.get_config()
@@ -41,7 +43,9 @@ def workdir(tmp_path_factory):
 def test_report_files(workdir, tmp_path):
   out = str(tmp_path / 'report')
   paths = report.write_report(workdir, split='test', num_samples=5, out=out)
-  assert [os.path.basename(p) for p in paths['gifs']] == [f'sample_{i:03d}.gif' for i in range(5)]
+  assert [os.path.basename(p) for p in paths['gifs']] == [
+      f'sample_{i:03d}.gif' for i in range(5)
+  ]
   scale = report.GIF_SIZE // SIDE
   for path in paths['gifs']:
     with Image.open(path) as gif:
@@ -50,13 +54,22 @@ def test_report_files(workdir, tmp_path):
   with Image.open(paths['grid']) as grid:  # 5 tiles: 3 columns, 2 rows
     assert grid.width >= 3 * SIDE * scale and grid.height >= 2 * SIDE * scale
   with Image.open(paths['confusion_matrix']) as matrix:
-    assert matrix.width >= 3 * report._CELL and matrix.height >= 3 * report._CELL
+    assert (
+        matrix.width >= 3 * report._CELL and matrix.height >= 3 * report._CELL
+    )
 
   page = open(paths['html'], encoding='utf-8').read()
-  captions = re.findall(r'<figcaption class="(?:right|wrong)">(.*?)</figcaption>', page)
+  captions = re.findall(
+      r'<figcaption class="(?:right|wrong)">(.*?)</figcaption>', page
+  )
   assert len(captions) == 5
-  names = '|'.join(re.escape(n.replace('<', '&lt;').replace('>', '&gt;')) for n in LABEL_NAMES)
-  assert all(re.fullmatch(f'T: ({names}) \\| P: ({names})', c) for c in captions), captions
+  names = '|'.join(
+      re.escape(n.replace('<', '&lt;').replace('>', '&gt;'))
+      for n in LABEL_NAMES
+  )
+  assert all(
+      re.fullmatch(f'T: ({names}) \\| P: ({names})', c) for c in captions
+  ), captions
   gifs = re.findall(r'src="data:image/gif;base64,([A-Za-z0-9+/=]+)"', page)
   assert len(gifs) == 5
   with Image.open(io.BytesIO(base64.b64decode(gifs[0]))) as gif:
@@ -69,13 +82,19 @@ def test_confusion_matrix_image():
   matrix = np.array([[3, 0, 0], [1, 2, 0], [0, 0, 0]])
   image = report.confusion_matrix_image(matrix, LABEL_NAMES)
   assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3
-  assert image.shape[0] >= 3 * report._CELL and image.shape[1] >= 3 * report._CELL
-  assert not np.array_equal(image, report.confusion_matrix_image(matrix.T, LABEL_NAMES))
+  assert (
+      image.shape[0] >= 3 * report._CELL and image.shape[1] >= 3 * report._CELL
+  )
+  assert not np.array_equal(
+      image, report.confusion_matrix_image(matrix.T, LABEL_NAMES)
+  )
   # Cells are blue in proportion to their row share: a full row is darker than an empty one.
   assert (image[..., 2].astype(int) - image[..., 0] > 100).any()
 
 
 def test_gif_of_float_rgb_volume_keeps_every_slice():
-  volume = np.zeros((4, 5, 7, 3), np.float32)  # identical slices still give 4 frames
+  volume = np.zeros(
+      (4, 5, 7, 3), np.float32
+  )  # identical slices still give 4 frames
   with Image.open(io.BytesIO(report.gif_bytes(volume))) as gif:
     assert gif.n_frames == 4 and gif.width == 7 * report._scale(volume.shape)

@@ -1,5 +1,6 @@
 """Tests for benchmarks/throughput.py (FLOP formula against XLA's cost analysis, the timing core)
-and for the speed rewrites it measures (patch embedding as a matrix product, dropout masks)."""
+and for the speed rewrites it measures (patch embedding as a matrix product, dropout masks).
+"""
 
 import json
 
@@ -22,16 +23,24 @@ def tiny_config(attention_type):
   config = throughput.vivit_b_config(attention_type)
   m = config.model
   m.hidden_size, m.num_heads, m.mlp_dim, m.num_layers = 128, 2, 512, 1
-  m.spatial_transformer = ml_collections.ConfigDict(dict(num_heads=2, mlp_dim=512, num_layers=1))
-  m.temporal_transformer = ml_collections.ConfigDict(dict(num_heads=2, mlp_dim=512, num_layers=1))
+  m.spatial_transformer = ml_collections.ConfigDict(
+      dict(num_heads=2, mlp_dim=512, num_layers=1)
+  )
+  m.temporal_transformer = ml_collections.ConfigDict(
+      dict(num_heads=2, mlp_dim=512, num_layers=1)
+  )
   m.patches.size = (4, 4, 2)
   return config
 
 
 @pytest.mark.parametrize('attention_type', throughput.VIVIT_B_VARIANTS)
 def test_flop_formula_matches_xla_cost_analysis(attention_type):
-  batch = 8 * jax.local_device_count()  # Enough examples that the optimizer's work is small.
-  bench = throughput.StepBench(tiny_config(attention_type), INPUT, NUM_CLASSES, batch, batch)
+  batch = (
+      8 * jax.local_device_count()
+  )  # Enough examples that the optimizer's work is small.
+  bench = throughput.StepBench(
+      tiny_config(attention_type), INPUT, NUM_CLASSES, batch, batch
+  )
   flops = throughput.model_flops(bench.model.flax_model, INPUT, NUM_CLASSES)
   for mode, formula in (('eval', flops['forward']), ('train', flops['train'])):
     xla = throughput.xla_analysis(bench, mode)['xla_flops_per_sample']
@@ -41,12 +50,20 @@ def test_flop_formula_matches_xla_cost_analysis(attention_type):
 
 def test_vivit_b_flops_match_the_vivit_paper():
   """Forward multiply-adds of ViViT-B/16x2 on 32x224x224 clips against Table 2 of Arnab et
-  al. (2021): 455.2, 284.4, 372.3 and 277.1 GFLOPs (counted as multiply-adds) for Models 1-4."""
-  paper = dict(zip(throughput.VIVIT_B_VARIANTS, (455.2e9, 284.4e9, 372.3e9, 277.1e9)))
+  al. (2021): 455.2, 284.4, 372.3 and 277.1 GFLOPs (counted as multiply-adds) for Models 1-4.
+  """
+  paper = dict(
+      zip(throughput.VIVIT_B_VARIANTS, (455.2e9, 284.4e9, 372.3e9, 277.1e9))
+  )
   for variant, expected in paper.items():
     config = throughput.vivit_b_config(variant)
     vivit = model.ViViTClassificationModel(config, {'num_classes': 400})
-    macs = throughput.model_flops(vivit.flax_model, throughput.VIVIT_B_INPUT, 400)['forward'] / 2
+    macs = (
+        throughput.model_flops(vivit.flax_model, throughput.VIVIT_B_INPUT, 400)[
+            'forward'
+        ]
+        / 2
+    )
     assert macs == pytest.approx(expected, rel=0.01), variant
 
 
@@ -55,8 +72,17 @@ def test_measure_runs_a_tiny_config():
   config = tiny_config('spacetime')
   config.model.attention_dropout_rate = 0.1  # Exercise the dropout path too.
   result = throughput.measure(
-      config, input_shape=INPUT, num_classes=NUM_CLASSES, batch_size=devices, steps=2, windows=2,
-      warmup=2, feed='prefetch', sync_every=1, ceiling=throughput.MatmulCeiling(size=128))
+      config,
+      input_shape=INPUT,
+      num_classes=NUM_CLASSES,
+      batch_size=devices,
+      steps=2,
+      windows=2,
+      warmup=2,
+      feed='prefetch',
+      sync_every=1,
+      ceiling=throughput.MatmulCeiling(size=128),
+  )
   for mode in ('train', 'eval'):
     entry = result[mode]
     assert entry['samples_per_s'] > 0 and len(entry['samples_per_s_all']) == 2
@@ -72,12 +98,18 @@ def test_profile_train_step_accounts_for_the_step(tmp_path):
   devices = jax.local_device_count()
   config = tiny_config('spacetime')
   config.model.attention_dropout_rate = 0.1
-  bench = throughput.StepBench(config, INPUT, NUM_CLASSES, 2 * devices, 2 * devices)
+  bench = throughput.StepBench(
+      config, INPUT, NUM_CLASSES, 2 * devices, 2 * devices
+  )
   profile = throughput.profile_train_step(bench, 2, str(tmp_path))
   per_kind = profile['ms_per_step_and_device']
   assert set(per_kind) == set(throughput.PROFILE_KINDS)
-  for kind in ('matrix products', 'random bits for dropout', 'optimizer update, loss and metrics',
-               'other model work (element-wise, reductions)'):
+  for kind in (
+      'matrix products',
+      'random bits for dropout',
+      'optimizer update, loss and metrics',
+      'other model work (element-wise, reductions)',
+  ):
     assert per_kind[kind] > 0, kind
   assert min(per_kind.values()) >= 0
   # Eight devices share the two cores, so no device has spare threads to overlap its own
@@ -87,9 +119,14 @@ def test_profile_train_step_accounts_for_the_step(tmp_path):
 
 
 def test_load_config_applies_overrides(tmp_path):
-  config = throughput.load_config('configs/organmnist3d/vivit_keras_baseline.py',
-                                  ['model_dtype_str=bfloat16', 'model.patches.size=(7, 7, 7)',
-                                   'model.attention_implementation=xla'])
+  config = throughput.load_config(
+      'configs/organmnist3d/vivit_keras_baseline.py',
+      [
+          'model_dtype_str=bfloat16',
+          'model.patches.size=(7, 7, 7)',
+          'model.attention_implementation=xla',
+      ],
+  )
   assert config.model_dtype_str == 'bfloat16'
   assert tuple(config.model.patches.size) == (7, 7, 7)
   assert config.model.attention_implementation == 'xla'
@@ -98,19 +135,34 @@ def test_load_config_applies_overrides(tmp_path):
 
 @pytest.mark.parametrize('patch, kernel_dims', [((4, 7, 5), 3), ((1, 7, 5), 2)])
 def test_patch_embedding_equals_a_strided_convolution(patch, kernel_dims):
-  x = jax.random.normal(jax.random.key(0), (2, 13, 14, 15, 3))  # Trailing voxels are dropped.
+  x = jax.random.normal(
+      jax.random.key(0), (2, 13, 14, 15, 3)
+  )  # Trailing voxels are dropped.
   embed = model.PatchEmbedding(6, patch, kernel_dims=kernel_dims)
   variables = embed.init(jax.random.key(1), x)
-  conv = nn.Conv(6, patch[3 - kernel_dims:], strides=patch[3 - kernel_dims:], padding='VALID')
+  conv = nn.Conv(
+      6,
+      patch[3 - kernel_dims :],
+      strides=patch[3 - kernel_dims :],
+      padding='VALID',
+  )
   if kernel_dims == 3:
     reference = lambda v: conv.apply(v, x)
   else:
-    reference = lambda v: conv.apply(v, x.reshape((-1,) + x.shape[2:])).reshape(2, 13, 2, 3, 6)
-  np.testing.assert_allclose(embed.apply(variables, x), reference(variables), atol=1e-5)
-  grads = [jax.grad(lambda v: jnp.sum(f(v)**2))(variables)
-           for f in (lambda v: embed.apply(v, x), reference)]
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
-                         *grads)
+    reference = lambda v: conv.apply(v, x.reshape((-1,) + x.shape[2:])).reshape(
+        2, 13, 2, 3, 6
+    )
+  np.testing.assert_allclose(
+      embed.apply(variables, x), reference(variables), atol=1e-5
+  )
+  grads = [
+      jax.grad(lambda v: jnp.sum(f(v) ** 2))(variables)
+      for f in (lambda v: embed.apply(v, x), reference)
+  ]
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+      *grads,
+  )
 
 
 def test_dropout_keep_mask_drops_the_rate_and_keeps_the_mean():

@@ -21,8 +21,12 @@ def _config(**lr):
 
 
 def test_compound_schedule_matches_formula():
-  config = _config(factors='constant * cosine_decay * linear_warmup', base_learning_rate=0.5,
-                   warmup_steps=10, steps_per_cycle=110)
+  config = _config(
+      factors='constant * cosine_decay * linear_warmup',
+      base_learning_rate=0.5,
+      warmup_steps=10,
+      steps_per_cycle=110,
+  )
   lr_fn = train_utils.create_learning_rate_fn(config, total_steps=110)
   for step in (0, 5, 10, 35, 60, 110, 200):
     warm = min(1.0, step / 10)
@@ -33,7 +37,9 @@ def test_compound_schedule_matches_formula():
 
 def test_unknown_schedule_factor_is_named():
   with pytest.raises(ValueError, match="'cosine_decy'.*known factors"):
-    train_utils.create_learning_rate_fn(_config(factors='constant * cosine_decy'), 10)
+    train_utils.create_learning_rate_fn(
+        _config(factors='constant * cosine_decy'), 10
+    )
 
 
 def test_gradient_clipping_bounds_the_update():
@@ -56,23 +62,41 @@ def test_unknown_optimizer_is_named():
 
 def _smoke_setup(num_classes=11, global_batch=16):
   config = _config(base_learning_rate=1e-3)
-  meta = {'num_classes': num_classes, 'input_shape': (-1, 14, 14, 14, 1), 'task': 'multi-class',
-          'target_is_onehot': True}
+  meta = {
+      'num_classes': num_classes,
+      'input_shape': (-1, 14, 14, 14, 1),
+      'task': 'multi-class',
+      'target_is_onehot': True,
+  }
   config.model.patches.size = (7, 7, 7)
   vivit = model.get_model_cls(config.model_name)(config, meta)
   lr_fn = train_utils.create_learning_rate_fn(config, 100)
-  state = train_utils.create_train_state(vivit.flax_model, meta['input_shape'], config, lr_fn,
-                                         jax.random.PRNGKey(0))
+  state = train_utils.create_train_state(
+      vivit.flax_model,
+      meta['input_shape'],
+      config,
+      lr_fn,
+      jax.random.PRNGKey(0),
+  )
   rng = np.random.default_rng(0)
   batches = []
   for _ in range(3):
     labels = rng.integers(0, num_classes, global_batch)
-    batches.append({
-        'inputs': rng.random((global_batch, 14, 14, 14, 1), dtype=np.float32),
-        'label': np.eye(num_classes, dtype=np.float32)[labels],
-        'batch_mask': np.ones(global_batch, np.float32)})
-  step = functools.partial(train_utils.train_step, loss_fn=vivit.loss_function,
-                           metrics_fn=vivit.get_metrics_fn('train'), learning_rate_fn=lr_fn)
+    batches.append(
+        {
+            'inputs': rng.random(
+                (global_batch, 14, 14, 14, 1), dtype=np.float32
+            ),
+            'label': np.eye(num_classes, dtype=np.float32)[labels],
+            'batch_mask': np.ones(global_batch, np.float32),
+        }
+    )
+  step = functools.partial(
+      train_utils.train_step,
+      loss_fn=vivit.loss_function,
+      metrics_fn=vivit.get_metrics_fn('train'),
+      learning_rate_fn=lr_fn,
+  )
   return state, batches, step
 
 
@@ -83,7 +107,8 @@ def _run(state, batches, step, num_devices):
   losses = []
   for batch in batches:
     sharded = jax.tree_util.tree_map(
-        lambda x: x.reshape((num_devices, -1) + x.shape[1:]), batch)
+        lambda x: x.reshape((num_devices, -1) + x.shape[1:]), batch
+    )
     state, metrics = p_step(state, sharded)
     losses.append(train_utils.summarize_metrics([metrics])['loss'])
   return jax.device_get(train_utils.unreplicate(state).params), losses
@@ -95,11 +120,15 @@ def test_pmap_over_eight_devices_equals_one_device():
   params_1, losses_1 = _run(state, batches, step, 1)
   params_8, losses_8 = _run(state, batches, step, 8)
   np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5)
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                         params_8, params_1)
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+      params_8,
+      params_1,
+  )
   # And training moved the parameters.
-  changed = jax.tree_util.tree_map(lambda a, b: bool(np.any(a != b)), params_1,
-                                   jax.device_get(state.params))
+  changed = jax.tree_util.tree_map(
+      lambda a, b: bool(np.any(a != b)), params_1, jax.device_get(state.params)
+  )
   assert any(jax.tree_util.tree_leaves(changed))
 
 
@@ -108,13 +137,17 @@ def test_train_step_compiles_once():
   compiles = []
   jax.monitoring.register_event_duration_secs_listener(
       lambda event, *_, **__: compiles.append(event)
-      if event == '/jax/core/compile/backend_compile_duration' else None)
+      if event == '/jax/core/compile/backend_compile_duration'
+      else None
+  )
   state, batches, step = _smoke_setup()
   p_step = jax.pmap(step, axis_name=train_utils.AXIS_NAME, donate_argnums=(0,))
   state = train_utils.replicate(state)
   n = jax.local_device_count()
-  sharded = [jax.tree_util.tree_map(lambda x: x.reshape((n, -1) + x.shape[1:]), b)
-             for b in batches]
+  sharded = [
+      jax.tree_util.tree_map(lambda x: x.reshape((n, -1) + x.shape[1:]), b)
+      for b in batches
+  ]
   state, _ = p_step(state, sharded[0])
   jax.block_until_ready(state)
   compiled_by_first_step = len(compiles)
@@ -126,15 +159,21 @@ def test_train_step_compiles_once():
 
 
 def test_summarize_metrics_divides_totals():
-  metrics = [{'loss': (np.array([6.0]), np.array([3.0]))},
-             {'loss': (np.array([2.0]), np.array([1.0]))}]
+  metrics = [
+      {'loss': (np.array([6.0]), np.array([3.0]))},
+      {'loss': (np.array([2.0]), np.array([1.0]))},
+  ]
   assert train_utils.summarize_metrics(metrics) == {'loss': pytest.approx(2.0)}
 
 
 def _vivit(config=None, counts=(5, 1, 2)):
   config = config or _config()
-  meta = {'num_classes': len(counts), 'input_shape': (-1, 14, 14, 14, 1), 'task': 'multi-class',
-          'train_class_counts': counts}
+  meta = {
+      'num_classes': len(counts),
+      'input_shape': (-1, 14, 14, 14, 1),
+      'task': 'multi-class',
+      'train_class_counts': counts,
+  }
   return model.get_model_cls(config.model_name)(config, meta)
 
 
@@ -145,13 +184,21 @@ def test_class_weighted_loss_matches_numpy():
   vivit = _vivit(config, tuple(counts))
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(6, 4)).astype(np.float32)
-  labels = rng.dirichlet(np.ones(4), size=6).astype(np.float32)  # Soft labels, as mixup makes.
+  labels = rng.dirichlet(np.ones(4), size=6).astype(
+      np.float32
+  )  # Soft labels, as mixup makes.
   labels[0] = np.eye(4)[1]
   mask = np.array([1, 1, 1, 1, 1, 0], np.float32)
-  loss = vivit.loss_function(jnp.asarray(logits), {'label': labels, 'batch_mask': mask})
+  loss = vivit.loss_function(
+      jnp.asarray(logits), {'label': labels, 'batch_mask': mask}
+  )
 
-  class_weights = np.where(counts > 0, counts.sum() / (4 * np.maximum(counts, 1)), 0.0)
-  np.testing.assert_allclose(vivit.class_weights(), [0.4, 2.0, 1.0, 0.0], rtol=1e-6)
+  class_weights = np.where(
+      counts > 0, counts.sum() / (4 * np.maximum(counts, 1)), 0.0
+  )
+  np.testing.assert_allclose(
+      vivit.class_weights(), [0.4, 2.0, 1.0, 0.0], rtol=1e-6
+  )
   log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   ce = -(labels * log_p).sum(-1)
   expected = (ce * (labels @ class_weights) * mask).sum() / mask.sum()
@@ -159,8 +206,11 @@ def test_class_weighted_loss_matches_numpy():
 
   config.class_weighted_loss = False
   unweighted = _vivit(config, tuple(counts)).loss_function(
-      jnp.asarray(logits), {'label': labels, 'batch_mask': mask})
-  np.testing.assert_allclose(float(unweighted), (ce * mask).sum() / mask.sum(), rtol=1e-5)
+      jnp.asarray(logits), {'label': labels, 'batch_mask': mask}
+  )
+  np.testing.assert_allclose(
+      float(unweighted), (ce * mask).sum() / mask.sum(), rtol=1e-5
+  )
 
 
 def test_class_weighted_loss_needs_the_class_counts():
@@ -172,8 +222,12 @@ def test_class_weighted_loss_needs_the_class_counts():
 
 
 def test_ema_decay_is_debiased_early():
-  decays = [float(train_utils.ema_decay_at(0.999, n)) for n in (0, 1, 8, 990, 10_000)]
-  np.testing.assert_allclose(decays, [0.1, 2 / 11, 0.5, 991 / 1000, 0.999], rtol=1e-6)
+  decays = [
+      float(train_utils.ema_decay_at(0.999, n)) for n in (0, 1, 8, 990, 10_000)
+  ]
+  np.testing.assert_allclose(
+      decays, [0.1, 2 / 11, 0.5, 991 / 1000, 0.999], rtol=1e-6
+  )
 
 
 def test_train_step_updates_the_parameter_average():
@@ -182,41 +236,71 @@ def test_train_step_updates_the_parameter_average():
   config.ema_decay = 0.9
   state = state.replace(ema_params=state.params)
   ema_step = functools.partial(step, ema_decay=0.9)
-  p_step = jax.pmap(ema_step, axis_name=train_utils.AXIS_NAME, devices=jax.local_devices()[:1])
+  p_step = jax.pmap(
+      ema_step, axis_name=train_utils.AXIS_NAME, devices=jax.local_devices()[:1]
+  )
   replicated = jax_utils.replicate(state, jax.local_devices()[:1])
   expected = jax.device_get(state.params)
   for n, batch in enumerate(batches[:2], start=1):
-    replicated, _ = p_step(replicated, jax.tree_util.tree_map(lambda x: x[None], batch))
+    replicated, _ = p_step(
+        replicated, jax.tree_util.tree_map(lambda x: x[None], batch)
+    )
     new = jax.device_get(train_utils.unreplicate(replicated))
     decay = min(0.9, (1 + n) / (10 + n))
-    expected = jax.tree_util.tree_map(lambda e, p, d=decay: d * e + (1 - d) * p, expected,
-                                      new.params)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-                           new.ema_params, expected)
+    expected = jax.tree_util.tree_map(
+        lambda e, p, d=decay: d * e + (1 - d) * p, expected, new.params
+    )
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+        new.ema_params,
+        expected,
+    )
   # Without ema_decay the state keeps no average.
-  plain, _ = jax.pmap(step, axis_name=train_utils.AXIS_NAME, devices=jax.local_devices()[:1])(
-      jax_utils.replicate(state.replace(ema_params=None), jax.local_devices()[:1]),
-      jax.tree_util.tree_map(lambda x: x[None], batches[0]))
+  plain, _ = jax.pmap(
+      step, axis_name=train_utils.AXIS_NAME, devices=jax.local_devices()[:1]
+  )(
+      jax_utils.replicate(
+          state.replace(ema_params=None), jax.local_devices()[:1]
+      ),
+      jax.tree_util.tree_map(lambda x: x[None], batches[0]),
+  )
   assert plain.ema_params is None
 
 
 def test_predict_averages_the_softmax_over_all_flips():
   state, batches, _ = _smoke_setup()
-  leaves, tree = jax.tree_util.tree_flatten(state.params)  # The head starts at zero: perturb.
+  leaves, tree = jax.tree_util.tree_flatten(
+      state.params
+  )  # The head starts at zero: perturb.
   keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-  state = state.replace(params=jax.tree_util.tree_unflatten(
-      tree, [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]))
+  state = state.replace(
+      params=jax.tree_util.tree_unflatten(
+          tree,
+          [
+              p + 0.1 * jax.random.normal(k, p.shape)
+              for p, k in zip(leaves, keys)
+          ],
+      )
+  )
   x = jnp.asarray(batches[0]['inputs'][:4])
 
   def probs(v):
-    return np.asarray(jax.nn.softmax(state.apply_fn({'params': state.params}, v, train=False)))
+    return np.asarray(
+        jax.nn.softmax(state.apply_fn({'params': state.params}, v, train=False))
+    )
 
   logits, plain = train_utils.predict(state.apply_fn, state.params, x)
   np.testing.assert_allclose(plain, probs(x), rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(logits, state.apply_fn({'params': state.params}, x, train=False))
+  np.testing.assert_allclose(
+      logits, state.apply_fn({'params': state.params}, x, train=False)
+  )
   logits, tta = train_utils.predict(state.apply_fn, state.params, x, (0, 2))
-  expected = (probs(x) + probs(x[:, ::-1]) + probs(x[:, :, :, ::-1])
-              + probs(x[:, ::-1, :, ::-1])) / 4
+  expected = (
+      probs(x)
+      + probs(x[:, ::-1])
+      + probs(x[:, :, :, ::-1])
+      + probs(x[:, ::-1, :, ::-1])
+  ) / 4
   np.testing.assert_allclose(tta, expected, rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(jax.nn.softmax(logits), tta, rtol=1e-5, atol=1e-7)
   assert not np.allclose(tta, plain)
@@ -228,14 +312,28 @@ def test_eval_step_predicts_with_the_parameter_average():
   leaves, tree = jax.tree_util.tree_flatten(state.params)
   keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
   shifted = jax.tree_util.tree_unflatten(
-      tree, [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-  p_eval = jax.pmap(functools.partial(train_utils.eval_step,
-                                      metrics_fn=vivit.get_metrics_fn('validation')),
-                    axis_name=train_utils.AXIS_NAME, devices=jax.local_devices()[:1])
+      tree,
+      [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)],
+  )
+  p_eval = jax.pmap(
+      functools.partial(
+          train_utils.eval_step, metrics_fn=vivit.get_metrics_fn('validation')
+      ),
+      axis_name=train_utils.AXIS_NAME,
+      devices=jax.local_devices()[:1],
+  )
   batch = jax.tree_util.tree_map(lambda x: x[None], batches[0])
   devices = jax.local_devices()[:1]
-  _, with_ema = p_eval(jax_utils.replicate(state.replace(ema_params=shifted), devices), batch)
-  _, shifted_only = p_eval(jax_utils.replicate(state.replace(params=shifted), devices), batch)
+  _, with_ema = p_eval(
+      jax_utils.replicate(state.replace(ema_params=shifted), devices), batch
+  )
+  _, shifted_only = p_eval(
+      jax_utils.replicate(state.replace(params=shifted), devices), batch
+  )
   _, without_ema = p_eval(jax_utils.replicate(state, devices), batch)
-  np.testing.assert_array_equal(with_ema['probabilities'], shifted_only['probabilities'])
-  assert not np.allclose(with_ema['probabilities'], without_ema['probabilities'])
+  np.testing.assert_array_equal(
+      with_ema['probabilities'], shifted_only['probabilities']
+  )
+  assert not np.allclose(
+      with_ema['probabilities'], without_ema['probabilities']
+  )

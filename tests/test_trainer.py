@@ -31,14 +31,18 @@ STEPS = 24
 # Checkpoints every 2 steps (the newest 3 kept), validation every 16 steps (one epoch), dropout
 # and every volume augmentation, so that resuming must also reproduce the random numbers of the
 # model and of the input pipeline.
-FLAGS = (f'--config.num_training_steps={STEPS}', '--config.checkpoint_steps=2',
-         '--config.log_summary_steps=4', '--config.model.dropout_rate=0.1',
-         '--config.dataset_configs.augmentation.flip_axes=(0, 1, 2)',
-         '--config.dataset_configs.augmentation.rotate_planes=((1, 2),)',
-         '--config.dataset_configs.augmentation.max_shift=2',
-         '--config.dataset_configs.augmentation.intensity=0.1',
-         '--config.dataset_configs.augmentation.mixup_alpha=0.4',
-         '--config.dataset_configs.augmentation.cutmix_alpha=1.0')
+FLAGS = (
+    f'--config.num_training_steps={STEPS}',
+    '--config.checkpoint_steps=2',
+    '--config.log_summary_steps=4',
+    '--config.model.dropout_rate=0.1',
+    '--config.dataset_configs.augmentation.flip_axes=(0, 1, 2)',
+    '--config.dataset_configs.augmentation.rotate_planes=((1, 2),)',
+    '--config.dataset_configs.augmentation.max_shift=2',
+    '--config.dataset_configs.augmentation.intensity=0.1',
+    '--config.dataset_configs.augmentation.mixup_alpha=0.4',
+    '--config.dataset_configs.augmentation.cutmix_alpha=1.0',
+)
 RUN_TIMEOUT_S = 300
 
 
@@ -48,17 +52,33 @@ class _Main:
 
   def __init__(self, data_dir, cache_dir):
     self.data_dir = data_dir
-    self.env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
-                    XLA_FLAGS='--xla_force_host_platform_device_count=2',
-                    JAX_COMPILATION_CACHE_DIR=cache_dir,
-                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+    self.env = dict(
+        os.environ,
+        JAX_PLATFORMS='cpu',
+        TF_CPP_MIN_LOG_LEVEL='2',
+        XLA_FLAGS='--xla_force_host_platform_device_count=2',
+        JAX_COMPILATION_CACHE_DIR=cache_dir,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+    )
 
   def start(self, workdir, *overrides):
-    command = [sys.executable, os.path.join(REPO, 'main.py'), f'--config={SMOKE}',
-               f'--workdir={workdir}', f'--config.dataset_configs.data_dir={self.data_dir}',
-               *FLAGS, *overrides]
-    return subprocess.Popen(command, env=self.env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    command = [
+        sys.executable,
+        os.path.join(REPO, 'main.py'),
+        f'--config={SMOKE}',
+        f'--workdir={workdir}',
+        f'--config.dataset_configs.data_dir={self.data_dir}',
+        *FLAGS,
+        *overrides,
+    ]
+    return subprocess.Popen(
+        command,
+        env=self.env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
   def run(self, workdir, *overrides):
     """Runs main.py to its end; returns (exit code, output)."""
@@ -70,7 +90,11 @@ class _Main:
 def _steps(workdir):
   """Steps of the finished checkpoints in `workdir` (Orbax renames a save into place when done)."""
   folder = os.path.join(workdir, 'checkpoints')
-  return sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
+  return (
+      sorted(int(n) for n in os.listdir(folder) if n.isdigit())
+      if os.path.isdir(folder)
+      else []
+  )
 
 
 def _wait_for_checkpoint(proc, workdir, step):
@@ -79,7 +103,9 @@ def _wait_for_checkpoint(proc, workdir, step):
   while not _steps(workdir) or _steps(workdir)[-1] < step:
     if proc.poll() is not None or time.time() > deadline:
       proc.kill()
-      pytest.fail(f'No checkpoint of step >= {step} appeared:\n{proc.communicate()[0][-4000:]}')
+      pytest.fail(
+          f'No checkpoint of step >= {step} appeared:\n{proc.communicate()[0][-4000:]}'
+      )
     time.sleep(0.02)
 
 
@@ -90,8 +116,11 @@ def _snapshot(folder):
     for name in names:
       path = os.path.join(root, name)
       with open(path, 'rb') as f:
-        files[os.path.relpath(path, folder)] = (os.stat(path).st_size, os.stat(path).st_mtime_ns,
-                                                f.read())
+        files[os.path.relpath(path, folder)] = (
+            os.stat(path).st_size,
+            os.stat(path).st_mtime_ns,
+            f.read(),
+        )
   return files
 
 
@@ -103,7 +132,9 @@ def _scores(workdir):
 def _assert_same_params(workdir, reference):
   params, _ = checkpoints.restore_params(workdir)
   expected, _ = checkpoints.restore_params(reference)
-  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(expected)
+  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
+      expected
+  )
   jax.tree_util.tree_map(np.testing.assert_array_equal, params, expected)
 
 
@@ -119,11 +150,17 @@ def reference(main, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('reference'))
   code, output = main.run(workdir)
   assert code == 0, output[-4000:]
-  assert _steps(workdir) == [STEPS - 4, STEPS - 2, STEPS]  # max_checkpoints_to_keep=3
+  assert _steps(workdir) == [
+      STEPS - 4,
+      STEPS - 2,
+      STEPS,
+  ]  # max_checkpoints_to_keep=3
   return workdir
 
 
-def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(main, reference, tmp_path):
+def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(
+    main, reference, tmp_path
+):
   workdir = str(tmp_path)
   kill_after = random.Random(6).randrange(2, STEPS - 6)
   proc = main.start(workdir)
@@ -138,14 +175,18 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(main, referen
   assert code == 0, output[-4000:]
   assert f'Resuming from the checkpoint of step {killed_at}' in output
   # Whatever save the kill interrupted left only a temporary folder, removed on resuming.
-  assert all(name.isdigit() for name in os.listdir(os.path.join(workdir, 'checkpoints')))
+  assert all(
+      name.isdigit()
+      for name in os.listdir(os.path.join(workdir, 'checkpoints'))
+  )
   _assert_same_params(workdir, reference)
   # Deterministic: the same config and seed give the same metrics, resumed or not.
   assert _scores(workdir) == _scores(reference)
 
 
 def test_sigterm_checkpoints_the_current_step_exits_cleanly_and_resumes_identically(
-    main, reference, tmp_path):
+    main, reference, tmp_path
+):
   workdir = str(tmp_path)
   signal_after = random.Random(7).randrange(2, STEPS - 6)
   proc = main.start(workdir)
@@ -153,7 +194,9 @@ def test_sigterm_checkpoints_the_current_step_exits_cleanly_and_resumes_identica
   proc.send_signal(signal.SIGTERM)
   output = proc.communicate(timeout=RUN_TIMEOUT_S)[0]
   assert proc.returncode == 0 and 'Traceback' not in output, output[-4000:]
-  preempted_at = int(re.search(r'Preempted: checkpoint of step (\d+) saved', output).group(1))
+  preempted_at = int(
+      re.search(r'Preempted: checkpoint of step (\d+) saved', output).group(1)
+  )
   assert signal_after <= preempted_at < STEPS
   assert _steps(workdir)[-1] == preempted_at
   assert not os.path.exists(os.path.join(workdir, 'results.json'))
@@ -165,35 +208,47 @@ def test_sigterm_checkpoints_the_current_step_exits_cleanly_and_resumes_identica
   assert _scores(workdir) == _scores(reference)
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoints(main, reference,
-                                                                 tmp_path):
+def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoints(
+    main, reference, tmp_path
+):
   workdir = str(tmp_path / 'workdir')
   shutil.copytree(reference, workdir)
   before = _snapshot(os.path.join(workdir, 'checkpoints'))
   # Resumes at STEPS with an absurd learning rate; no checkpoint is due before the loss
   # diverges (checkpoint_steps=100), so any checkpoint written would be of a diverged state.
-  code, output = main.run(workdir, '--config.lr_configs.base_learning_rate=1e30',
-                      f'--config.num_training_steps={STEPS + 20}',
-                      '--config.checkpoint_steps=100')
+  code, output = main.run(
+      workdir,
+      '--config.lr_configs.base_learning_rate=1e30',
+      f'--config.num_training_steps={STEPS + 20}',
+      '--config.checkpoint_steps=100',
+  )
   assert code != 0, output[-4000:]
-  match = re.search(r'error: The training (loss|gradient norm) is (nan|inf|-inf) at step (\d+)',
-                    output)
+  match = re.search(
+      r'error: The training (loss|gradient norm) is (nan|inf|-inf) at step (\d+)',
+      output,
+  )
   assert match, output[-4000:]
   assert STEPS < int(match.group(3)) <= STEPS + 20
   assert _snapshot(os.path.join(workdir, 'checkpoints')) == before
 
 
-def test_checkpoint_of_another_model_is_refused_naming_the_parameter(main, reference,
-                                                                     tmp_path):
+def test_checkpoint_of_another_model_is_refused_naming_the_parameter(
+    main, reference, tmp_path
+):
   workdir = str(tmp_path / 'workdir')
   shutil.copytree(reference, workdir)
   before = _snapshot(workdir)
   code, output = main.run(workdir, '--config.model.hidden_size=64')
   assert code != 0, output[-4000:]
-  assert re.search(r"error: The checkpoint in \S+ does not fit this config: \['params'\]\S+ has "
-                   r'shape \(.*32.*\) there but \(.*64.*\) in the model', output), output[-4000:]
+  assert re.search(
+      r"error: The checkpoint in \S+ does not fit this config: \['params'\]\S+ has "
+      r'shape \(.*32.*\) there but \(.*64.*\) in the model',
+      output,
+  ), output[-4000:]
   after = _snapshot(workdir)
-  assert {path: after[path] for path in before} == before  # config.json included
+  assert {
+      path: after[path] for path in before
+  } == before  # config.json included
   # The only new files are the (empty) TensorBoard event file of the refused run.
   assert all('tfevents' in path for path in set(after) - set(before))
 
@@ -202,21 +257,33 @@ def test_damaged_checkpoint_fails_naming_its_folder(reference, tmp_path):
   workdir = str(tmp_path / 'workdir')
   shutil.copytree(reference, workdir)
   folder = os.path.join(workdir, 'checkpoints', str(STEPS))
-  with checkpoints.create_manager(workdir, ml_collections.ConfigDict()) as manager:
-    target = jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype),
-                                    manager.item_metadata(STEPS)['state'])
+  with checkpoints.create_manager(
+      workdir, ml_collections.ConfigDict()
+  ) as manager:
+    target = jax.tree_util.tree_map(
+        lambda leaf: np.zeros(leaf.shape, leaf.dtype),
+        manager.item_metadata(STEPS)['state'],
+    )
     checkpoints.restore_latest(manager, target)  # Intact, it restores.
-    with open(os.path.join(folder, 'state', 'manifest.ocdbt'), 'r+b') as f:  # The array index.
+    with open(
+        os.path.join(folder, 'state', 'manifest.ocdbt'), 'r+b'
+    ) as f:  # The array index.
       f.truncate(10)
-    with pytest.raises(checkpoints.CheckpointDamagedError,
-                       match=f'The checkpoint {folder} cannot be read .* Move {folder} out of'):
+    with pytest.raises(
+        checkpoints.CheckpointDamagedError,
+        match=f'The checkpoint {folder} cannot be read .* Move {folder} out of',
+    ):
       checkpoints.restore_latest(manager, target)
 
 
 # The options whose state a resumed run must also restore: the parameter average (in the
 # checkpoint) and the best validation score so far (in checkpoints_best/), evaluated every 4 steps.
-EMA_FLAGS = ('--config.ema_decay=0.9', '--config.best_checkpoint_metric=accuracy',
-             '--config.log_eval_steps=4', '--config.tta_flip_axes=(1, 2)')
+EMA_FLAGS = (
+    '--config.ema_decay=0.9',
+    '--config.best_checkpoint_metric=accuracy',
+    '--config.log_eval_steps=4',
+    '--config.tta_flip_axes=(1, 2)',
+)
 
 
 def _results(workdir):
@@ -226,8 +293,11 @@ def _results(workdir):
 
 
 def test_sigkill_then_resume_with_ema_and_best_checkpoint_is_bitwise_identical(
-    main, tmp_path):
-  reference_dir, workdir = str(tmp_path / 'reference'), str(tmp_path / 'resumed')
+    main, tmp_path
+):
+  reference_dir, workdir = str(tmp_path / 'reference'), str(
+      tmp_path / 'resumed'
+  )
   code, output = main.run(reference_dir, *EMA_FLAGS)
   assert code == 0, output[-4000:]
   kill_after = random.Random(8).randrange(6, STEPS - 6)
@@ -241,10 +311,16 @@ def test_sigkill_then_resume_with_ema_and_best_checkpoint_is_bitwise_identical(
   code, output = main.run(workdir, *EMA_FLAGS)
   assert code == 0, output[-4000:]
   assert f'Resuming from the checkpoint of step {killed_at}' in output
-  _assert_same_params(workdir, reference_dir)  # The averages, which restore_params serves.
-  best, expected_best = (checkpoints.restore_params(w, 'best')[0]
-                         for w in (workdir, reference_dir))
+  _assert_same_params(
+      workdir, reference_dir
+  )  # The averages, which restore_params serves.
+  best, expected_best = (
+      checkpoints.restore_params(w, 'best')[0] for w in (workdir, reference_dir)
+  )
   jax.tree_util.tree_map(np.testing.assert_array_equal, best, expected_best)
   results = _results(workdir)
   assert results == _results(reference_dir)
-  assert results['best']['step'] <= STEPS and 'balanced_accuracy' in results['best']['test']
+  assert (
+      results['best']['step'] <= STEPS
+      and 'balanced_accuracy' in results['best']['test']
+  )

@@ -40,39 +40,80 @@ SCHEMA: dict[str, Any] = {
     'experiment_name': _STR,
     'dataset_name': _STR,
     'dataset_configs': {
-        'name': _STR, 'size': _INT, 'data_dir': _STR + _NONE, 'download': _BOOL,
-        'path': _STR + _NONE, 'prefetch_to_device': _INT, 'num_workers': _INT + _NONE,
-        'seed': _INT, 'num_train': _INT, 'num_val': _INT, 'num_test': _INT,
+        'name': _STR,
+        'size': _INT,
+        'data_dir': _STR + _NONE,
+        'download': _BOOL,
+        'path': _STR + _NONE,
+        'prefetch_to_device': _INT,
+        'num_workers': _INT + _NONE,
+        'seed': _INT,
+        'num_train': _INT,
+        'num_val': _INT,
+        'num_test': _INT,
         # Scenic video-dataset keys, accepted so its configs load unchanged.
-        'base_dir': '*', 'tables': '*', 'examples_per_subset': '*', 'num_classes': '*',
-        'num_frames': '*', 'stride': '*', 'min_resize': '*', 'crop_size': '*',
-        'one_hot_labels': '*', 'zero_centering': '*', 'do_multicrop_test': '*',
-        'log_test_epochs': '*', 'num_test_clips': '*', 'test_batch_size': '*',
-        'do_three_spatial_crops': '*', 'augmentation_params': '*',
-        'augmentation': {'flip_axes': _SEQ, 'rotate_planes': _SEQ, 'max_shift': _INT,
-                         'intensity': _NUM, 'mixup_alpha': _NUM, 'cutmix_alpha': _NUM},
+        'base_dir': '*',
+        'tables': '*',
+        'examples_per_subset': '*',
+        'num_classes': '*',
+        'num_frames': '*',
+        'stride': '*',
+        'min_resize': '*',
+        'crop_size': '*',
+        'one_hot_labels': '*',
+        'zero_centering': '*',
+        'do_multicrop_test': '*',
+        'log_test_epochs': '*',
+        'num_test_clips': '*',
+        'test_batch_size': '*',
+        'do_three_spatial_crops': '*',
+        'augmentation_params': '*',
+        'augmentation': {
+            'flip_axes': _SEQ,
+            'rotate_planes': _SEQ,
+            'max_shift': _INT,
+            'intensity': _NUM,
+            'mixup_alpha': _NUM,
+            'cutmix_alpha': _NUM,
+        },
     },
     'data_dtype_str': _STR,
     'model_name': _STR,
     'model': {
-        'hidden_size': _INT, 'num_heads': _INT, 'mlp_dim': _INT, 'num_layers': _INT,
+        'hidden_size': _INT,
+        'num_heads': _INT,
+        'mlp_dim': _INT,
+        'num_layers': _INT,
         'patches': {'size': _SEQ, 'drop_remainder': _BOOL},
         'stem': {'features': _SEQ, 'strides': _SEQ},
-        'classifier': _STR, 'representation_size': _INT + _NONE,
-        'dropout_rate': _NUM, 'attention_dropout_rate': _NUM, 'stochastic_droplayer_rate': _NUM,
+        'classifier': _STR,
+        'representation_size': _INT + _NONE,
+        'dropout_rate': _NUM,
+        'attention_dropout_rate': _NUM,
+        'stochastic_droplayer_rate': _NUM,
         'positional_embedding': _STR,
-        'temporal_encoding_config': {'method': _STR, 'n_sampled_frames': _INT + _NONE,
-                                     'kernel_init_method': _STR + _NONE},
+        'temporal_encoding_config': {
+            'method': _STR,
+            'n_sampled_frames': _INT + _NONE,
+            'kernel_init_method': _STR + _NONE,
+        },
         'attention_config': {'type': _STR, 'attention_order': _STR},
-        'spatial_transformer': _TRANSFORMER, 'temporal_transformer': _TRANSFORMER,
+        'spatial_transformer': _TRANSFORMER,
+        'temporal_transformer': _TRANSFORMER,
         'attention_implementation': _STR + _NONE,
         'return_prelogits': _BOOL,
     },
     'model_dtype_str': _STR,
     'trainer_name': _STR,
     'optimizer': _STR,
-    'optimizer_configs': {'beta1': _NUM, 'beta2': _NUM, 'epsilon': _NUM, 'weight_decay': _NUM,
-                          'momentum': _NUM, 'nesterov': _BOOL},
+    'optimizer_configs': {
+        'beta1': _NUM,
+        'beta2': _NUM,
+        'epsilon': _NUM,
+        'weight_decay': _NUM,
+        'momentum': _NUM,
+        'nesterov': _BOOL,
+    },
     'l2_decay_factor': _NUM + _NONE,
     'max_grad_norm': _NUM + _NONE,
     'label_smoothing': _NUM + _NONE,
@@ -81,8 +122,13 @@ SCHEMA: dict[str, Any] = {
     'batch_size': _INT,
     'eval_batch_size': _INT + _NONE,
     'rng_seed': _INT,
-    'lr_configs': {'learning_rate_schedule': _STR, 'factors': _STR, 'base_learning_rate': _NUM,
-                   'warmup_steps': _INT + _NONE, 'steps_per_cycle': _INT + _NONE},
+    'lr_configs': {
+        'learning_rate_schedule': _STR,
+        'factors': _STR,
+        'base_learning_rate': _NUM,
+        'warmup_steps': _INT + _NONE,
+        'steps_per_cycle': _INT + _NONE,
+    },
     'log_summary_steps': _INT + _NONE,
     'log_eval_steps': _INT + _NONE,
     'checkpoint_steps': _INT + _NONE,
@@ -101,9 +147,17 @@ SCHEMA: dict[str, Any] = {
     'tta_flip_axes': _SEQ,
 }
 
-REQUIRED = ('dataset_name', 'dataset_configs', 'model_name', 'model.hidden_size',
-            'model.patches.size', 'optimizer', 'lr_configs.base_learning_rate', 'batch_size',
-            'rng_seed')
+REQUIRED = (
+    'dataset_name',
+    'dataset_configs',
+    'model_name',
+    'model.hidden_size',
+    'model.patches.size',
+    'optimizer',
+    'lr_configs.base_learning_rate',
+    'batch_size',
+    'rng_seed',
+)
 
 # Choices the model module defines are taken from it, so the two cannot drift apart.
 CHOICES = {
@@ -117,26 +171,61 @@ CHOICES = {
     'model.attention_config.type': model.ATTENTION_TYPES,
     'model.attention_config.attention_order': tuple(model.ATTENTION_ORDERS),
     'model.temporal_encoding_config.method': ('3d_conv', 'temporal_sampling'),
-    'model.temporal_encoding_config.kernel_init_method': tuple(model_utils.TUBELET_INITIALIZERS),
+    'model.temporal_encoding_config.kernel_init_method': tuple(
+        model_utils.TUBELET_INITIALIZERS
+    ),
     'model.attention_implementation': model.ATTENTION_IMPLEMENTATIONS,
 }
 
-POSITIVE = ('batch_size', 'eval_batch_size', 'num_training_epochs', 'num_training_steps',
-            'model.hidden_size', 'model.num_heads', 'model.mlp_dim', 'model.num_layers',
-            'model.representation_size', 'model.spatial_transformer.num_heads',
-            'model.spatial_transformer.mlp_dim', 'model.spatial_transformer.num_layers',
-            'model.temporal_transformer.num_heads', 'model.temporal_transformer.mlp_dim',
-            'model.temporal_transformer.num_layers', 'lr_configs.base_learning_rate',
-            'lr_configs.steps_per_cycle', 'log_summary_steps', 'log_eval_steps',
-            'checkpoint_steps', 'max_checkpoints_to_keep', 'max_grad_norm',
-            'dataset_configs.num_workers', 'dataset_configs.prefetch_to_device')
-NON_NEGATIVE = ('lr_configs.warmup_steps', 'l2_decay_factor', 'optimizer_configs.weight_decay',
-                'optimizer_configs.epsilon', 'optimizer_configs.momentum')
-FRACTIONS = ('model.dropout_rate', 'model.attention_dropout_rate',
-             'model.stochastic_droplayer_rate', 'label_smoothing', 'optimizer_configs.beta1',
-             'optimizer_configs.beta2', 'ema_decay')
+POSITIVE = (
+    'batch_size',
+    'eval_batch_size',
+    'num_training_epochs',
+    'num_training_steps',
+    'model.hidden_size',
+    'model.num_heads',
+    'model.mlp_dim',
+    'model.num_layers',
+    'model.representation_size',
+    'model.spatial_transformer.num_heads',
+    'model.spatial_transformer.mlp_dim',
+    'model.spatial_transformer.num_layers',
+    'model.temporal_transformer.num_heads',
+    'model.temporal_transformer.mlp_dim',
+    'model.temporal_transformer.num_layers',
+    'lr_configs.base_learning_rate',
+    'lr_configs.steps_per_cycle',
+    'log_summary_steps',
+    'log_eval_steps',
+    'checkpoint_steps',
+    'max_checkpoints_to_keep',
+    'max_grad_norm',
+    'dataset_configs.num_workers',
+    'dataset_configs.prefetch_to_device',
+)
+NON_NEGATIVE = (
+    'lr_configs.warmup_steps',
+    'l2_decay_factor',
+    'optimizer_configs.weight_decay',
+    'optimizer_configs.epsilon',
+    'optimizer_configs.momentum',
+)
+FRACTIONS = (
+    'model.dropout_rate',
+    'model.attention_dropout_rate',
+    'model.stochastic_droplayer_rate',
+    'label_smoothing',
+    'optimizer_configs.beta1',
+    'optimizer_configs.beta2',
+    'ema_decay',
+)
 # Validation scores a best checkpoint can be chosen by (always maximised).
-BEST_CHECKPOINT_METRICS = ('accuracy', 'balanced_accuracy', 'auc', 'top_5_accuracy')
+BEST_CHECKPOINT_METRICS = (
+    'accuracy',
+    'balanced_accuracy',
+    'auc',
+    'top_5_accuracy',
+)
 # jax.random.PRNGKey keeps 32 bits of the seed: larger seeds repeat smaller ones.
 MAX_SEED = 2**32 - 1
 _MISSING = object()
@@ -146,13 +235,18 @@ def _type_names(types) -> str:
   return ' or '.join('None' if t is type(None) else t.__name__ for t in types)
 
 
-def _check_keys(node: ml_collections.ConfigDict, schema: dict, prefix: str) -> None:
+def _check_keys(
+    node: ml_collections.ConfigDict, schema: dict, prefix: str
+) -> None:
   for key in node.keys():
     path = f'{prefix}{key}'
     if key not in schema:
       close = difflib.get_close_matches(key, list(schema), n=1)
-      hint = f' Did you mean config.{prefix}{close[0]}?' if close else (
-          f' Known keys here: {", ".join(sorted(schema))}.')
+      hint = (
+          f' Did you mean config.{prefix}{close[0]}?'
+          if close
+          else (f' Known keys here: {", ".join(sorted(schema))}.')
+      )
       raise ConfigError(f'Unknown config key config.{path}.{hint}')
     expected, value = schema[key], node[key]
     if expected == '*':
@@ -161,15 +255,26 @@ def _check_keys(node: ml_collections.ConfigDict, schema: dict, prefix: str) -> N
       if value is None:
         continue
       if not isinstance(value, (ml_collections.ConfigDict, dict)):
-        raise ConfigError(f'config.{path} must be a ConfigDict of {", ".join(sorted(expected))}; '
-                          f'got {value!r}.')
-      _check_keys(ml_collections.ConfigDict(value) if isinstance(value, dict) else value,
-                  expected, f'{path}.')
+        raise ConfigError(
+            f'config.{path} must be a ConfigDict of {", ".join(sorted(expected))}; '
+            f'got {value!r}.'
+        )
+      _check_keys(
+          ml_collections.ConfigDict(value)
+          if isinstance(value, dict)
+          else value,
+          expected,
+          f'{path}.',
+      )
     elif isinstance(value, bool) and bool not in expected:
-      raise ConfigError(f'config.{path} must be {_type_names(expected)}; got the bool {value!r}.')
+      raise ConfigError(
+          f'config.{path} must be {_type_names(expected)}; got the bool {value!r}.'
+      )
     elif not isinstance(value, expected):
-      raise ConfigError(f'config.{path} must be {_type_names(expected)}; got '
-                        f'{type(value).__name__} {value!r}.')
+      raise ConfigError(
+          f'config.{path} must be {_type_names(expected)}; got '
+          f'{type(value).__name__} {value!r}.'
+      )
 
 
 def _get(config, path: str, default=None):
@@ -183,18 +288,26 @@ def _get(config, path: str, default=None):
 
 def _check_choice(path: str, value, allowed) -> None:
   if value not in allowed:
-    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    close = difflib.get_close_matches(
+        str(value), [str(a) for a in allowed], n=1
+    )
     hint = f' Did you mean {close[0]!r}?' if close else ''
-    raise ConfigError(f'config.{path}={value!r} is not one of '
-                      f'{", ".join(repr(a) for a in allowed)}.{hint}')
+    raise ConfigError(
+        f'config.{path}={value!r} is not one of '
+        f'{", ".join(repr(a) for a in allowed)}.{hint}'
+    )
 
 
 def _check_values(config: ml_collections.ConfigDict) -> None:
   for path in REQUIRED:
     if _get(config, path, _MISSING) in (_MISSING, None):
       raise ConfigError(f'config.{path} is missing; set it in the config file.')
-  if not (config.get('num_training_steps') or config.get('num_training_epochs')):
-    raise ConfigError('Set config.num_training_steps or config.num_training_epochs.')
+  if not (
+      config.get('num_training_steps') or config.get('num_training_epochs')
+  ):
+    raise ConfigError(
+        'Set config.num_training_steps or config.num_training_epochs.'
+    )
   for path, allowed in CHOICES.items():
     _check_choice(path, _get(config, path, allowed[0]), allowed)
   for path in POSITIVE:
@@ -210,20 +323,35 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
     if value is not None and not 0 <= value < 1:
       raise ConfigError(f'config.{path}={value!r} must be in [0, 1).')
   if not 0 <= config.rng_seed <= MAX_SEED:
-    raise ConfigError(f'config.rng_seed={config.rng_seed} must be in [0, {MAX_SEED}].')
+    raise ConfigError(
+        f'config.rng_seed={config.rng_seed} must be in [0, {MAX_SEED}].'
+    )
   size = config.model.patches.size
-  if not size or any(isinstance(s, bool) or not isinstance(s, int) for s in size):
-    raise ConfigError(f'config.model.patches.size={tuple(size)!r} must be ints (h, w, t).')
+  if not size or any(
+      isinstance(s, bool) or not isinstance(s, int) for s in size
+  ):
+    raise ConfigError(
+        f'config.model.patches.size={tuple(size)!r} must be ints (h, w, t).'
+    )
   if config.get('best_checkpoint_metric') is not None:
-    _check_choice('best_checkpoint_metric', config.best_checkpoint_metric,
-                  BEST_CHECKPOINT_METRICS)
+    _check_choice(
+        'best_checkpoint_metric',
+        config.best_checkpoint_metric,
+        BEST_CHECKPOINT_METRICS,
+    )
   axes = tuple(config.get('tta_flip_axes') or ())
-  if any(a not in (0, 1, 2) or isinstance(a, bool) for a in axes) or len(set(axes)) < len(axes):
-    raise ConfigError(f'config.tta_flip_axes={axes!r} must be distinct volume axes among 0 '
-                      '(depth), 1 (height) and 2 (width).')
+  if any(a not in (0, 1, 2) or isinstance(a, bool) for a in axes) or len(
+      set(axes)
+  ) < len(axes):
+    raise ConfigError(
+        f'config.tta_flip_axes={axes!r} must be distinct volume axes among 0 '
+        '(depth), 1 (height) and 2 (width).'
+    )
 
 
-def check_batch_sizes(config: ml_collections.ConfigDict, num_devices: int) -> None:
+def check_batch_sizes(
+    config: ml_collections.ConfigDict, num_devices: int
+) -> None:
   """Global batch sizes must split evenly over every device of every process."""
   for key in ('batch_size', 'eval_batch_size'):
     value = config.get(key)
@@ -231,7 +359,8 @@ def check_batch_sizes(config: ml_collections.ConfigDict, num_devices: int) -> No
       lower = max(num_devices, value // num_devices * num_devices)
       raise ConfigError(
           f'config.{key}={value} is not divisible by the {num_devices} devices of this run; use '
-          f'a multiple of {num_devices} such as {lower} or {lower + num_devices}.')
+          f'a multiple of {num_devices} such as {lower} or {lower + num_devices}.'
+      )
 
 
 def _check_data_files(config: ml_collections.ConfigDict) -> None:
@@ -239,14 +368,23 @@ def _check_data_files(config: ml_collections.ConfigDict) -> None:
   dataset_configs = config.dataset_configs
   try:
     if config.dataset_name == 'medmnist3d':
-      file_name, _, _ = medmnist3d.file_info(dataset_configs.get('name'),
-                                             dataset_configs.get('size', 28))
+      file_name, _, _ = medmnist3d.file_info(
+          dataset_configs.get('name'), dataset_configs.get('size', 28)
+      )
       path = medmnist3d.data_path(dataset_configs, file_name)
-      if not os.path.exists(path) and not dataset_configs.get('download', False):
-        medmnist3d.load(dataset_configs)  # Raises its FileNotFoundError: the path and the fix.
+      if not os.path.exists(path) and not dataset_configs.get(
+          'download', False
+      ):
+        medmnist3d.load(
+            dataset_configs
+        )  # Raises its FileNotFoundError: the path and the fix.
     elif config.dataset_name == 'npz_video':
-      if not os.path.exists(os.path.expanduser(dataset_configs.get('path') or '')):
-        npz_video.load(dataset_configs)  # Raises: no path set, or the file does not exist.
+      if not os.path.exists(
+          os.path.expanduser(dataset_configs.get('path') or '')
+      ):
+        npz_video.load(
+            dataset_configs
+        )  # Raises: no path set, or the file does not exist.
   except (ValueError, OSError) as error:
     raise ConfigError(str(error)) from error
 
@@ -264,21 +402,38 @@ def _input_shape(config: ml_collections.ConfigDict) -> tuple[int, ...] | None:
 def _check_model(config: ml_collections.ConfigDict) -> None:
   """Builds the model; where the input shape is known, traces its init and train-mode call
   abstractly (jax.eval_shape: shapes only, nothing compiled or computed)."""
-  if (_get(config, 'model.attention_implementation') == 'cudnn'
-      and jax.devices()[0].platform != 'gpu'):
-    raise ConfigError("config.model.attention_implementation='cudnn' needs NVIDIA GPUs; this run "
-                      f"has {jax.devices()[0].platform} devices. Use None or 'xla'.")
+  if (
+      _get(config, 'model.attention_implementation') == 'cudnn'
+      and jax.devices()[0].platform != 'gpu'
+  ):
+    raise ConfigError(
+        "config.model.attention_implementation='cudnn' needs NVIDIA GPUs; this run "
+        f"has {jax.devices()[0].platform} devices. Use None or 'xla'."
+    )
   shape = _input_shape(config)
-  where = (f' (the inputs of dataset_name={config.dataset_name!r} are '
-           f'{"x".join(map(str, shape[1:4]))} volumes)' if shape else '')
+  where = (
+      f' (the inputs of dataset_name={config.dataset_name!r} are '
+      f'{"x".join(map(str, shape[1:4]))} volumes)'
+      if shape
+      else ''
+  )
   try:
     # num_classes only sizes the output layer; the dataset supplies the real count later.
     vivit = model.get_model_cls(config.model_name)(
-        config, {'num_classes': 2} | ({'input_shape': shape} if shape else {}))
+        config, {'num_classes': 2} | ({'input_shape': shape} if shape else {})
+    )
     if shape:
-      jax.eval_shape(lambda x: vivit.flax_model.init(
-          {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)}, x, train=True),
-                     jax.ShapeDtypeStruct((1,) + shape[1:], jnp.float32))
+      jax.eval_shape(
+          lambda x: vivit.flax_model.init(
+              {
+                  'params': jax.random.PRNGKey(0),
+                  'dropout': jax.random.PRNGKey(1),
+              },
+              x,
+              train=True,
+          ),
+          jax.ShapeDtypeStruct((1,) + shape[1:], jnp.float32),
+      )
   except (ValueError, TypeError) as error:
     raise ConfigError(f'{error}{where}') from error
 
@@ -286,16 +441,22 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
 def _check_training(config: ml_collections.ConfigDict) -> None:
   """The learning-rate schedule and optimizer, built by the functions the trainer uses."""
   try:
-    train_utils.create_optimizer(config, train_utils.create_learning_rate_fn(config, 1))
+    train_utils.create_optimizer(
+        config, train_utils.create_learning_rate_fn(config, 1)
+    )
   except ValueError as error:
     raise ConfigError(str(error)) from error
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+def validate(
+    config: ml_collections.ConfigDict, num_devices: int | None = None
+) -> None:
   """Raises ConfigError for the first problem found in `config` (`num_devices`: default all)."""
   _check_keys(config, SCHEMA, '')
   _check_values(config)
-  check_batch_sizes(config, jax.device_count() if num_devices is None else num_devices)
+  check_batch_sizes(
+      config, jax.device_count() if num_devices is None else num_devices
+  )
   _check_data_files(config)
   _check_model(config)
   _check_training(config)

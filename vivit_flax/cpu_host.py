@@ -33,11 +33,14 @@ def set_cpu_device_count(count: Optional[int]) -> None:
   default where there is no accelerator, so GPU and TPU hosts are unaffected.
   """
   if count is not None and count < 1:
-    raise ValueError(f'--cpu_devices={count}: use a positive number of CPU devices '
-                     '(or leave it unset for one per core).')
+    raise ValueError(
+        f'--cpu_devices={count}: use a positive number of CPU devices '
+        '(or leave it unset for one per core).'
+    )
   if _FORCED_DEVICE_COUNT_FLAG in os.environ.get('XLA_FLAGS', ''):
     return
   import jax  # pylint: disable=g-import-not-at-top
+
   jax.config.update('jax_num_cpu_devices', count or os.cpu_count() or 1)
 
 
@@ -53,4 +56,6 @@ def keep_freed_memory() -> bool:
     mallopt = libc.mallopt
   except (OSError, AttributeError):
     return False
-  return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+  return bool(mallopt(_M_MMAP_MAX, 0)) and bool(
+      mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+  )

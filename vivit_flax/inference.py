@@ -18,12 +18,16 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run saved as `<workdir>/config.json`."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} does not exist: {workdir} is not a training workdir.')
+    raise FileNotFoundError(
+        f'{path} does not exist: {workdir} is not a training workdir.'
+    )
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def load_predictor(workdir: str, checkpoint: str = 'best') -> Callable[[np.ndarray], np.ndarray]:
+def load_predictor(
+    workdir: str, checkpoint: str = 'best'
+) -> Callable[[np.ndarray], np.ndarray]:
   """A function from volumes to class probabilities, using a checkpoint in `workdir`.
 
   `checkpoint`: 'best' (the best-on-validation one that config.best_checkpoint_metric kept,
@@ -51,8 +55,10 @@ def load_predictor(workdir: str, checkpoint: str = 'best') -> Callable[[np.ndarr
     if volumes.ndim == len(expected):
       volumes = volumes[..., None]
     if volumes.shape[1:] != expected:
-      raise ValueError(f'Expected volumes of shape [N, {", ".join(map(str, expected[:-1]))}] or '
-                       f'[N, {", ".join(map(str, expected))}]; got {volumes.shape}.')
+      raise ValueError(
+          f'Expected volumes of shape [N, {", ".join(map(str, expected[:-1]))}] or '
+          f'[N, {", ".join(map(str, expected))}]; got {volumes.shape}.'
+      )
     if volumes.dtype == np.uint8:
       x = volumes.astype(np.float32) / 255.0
     else:

@@ -14,12 +14,17 @@ import numpy as np
 
 from vivit_flax import model_utils
 
-ATTENTION_TYPES = ('spacetime', 'factorized_encoder',
-                   'factorized_self_attention_block',
-                   'factorized_dot_product_attention')
+ATTENTION_TYPES = (
+    'spacetime',
+    'factorized_encoder',
+    'factorized_self_attention_block',
+    'factorized_dot_product_attention',
+)
 # Scenic has no class token for Models 3 and 4.
-TOKENLESS_ATTENTION_TYPES = ('factorized_self_attention_block',
-                             'factorized_dot_product_attention')
+TOKENLESS_ATTENTION_TYPES = (
+    'factorized_self_attention_block',
+    'factorized_dot_product_attention',
+)
 CLASSIFIERS = ('token', 'gap', 'gmp', 'gsp', 'map')
 POSITIONAL_EMBEDDINGS = ('learned_1d', 'sinusoidal_3d', 'none')
 # Model 3 sub-layer order; Scenic spells it 'time_space' / 'space_time'.
@@ -43,6 +48,7 @@ _ATTENTION_AXES = {'tokens': -3, 'time': 1, 'space': 2}
 @dataclasses.dataclass(frozen=True)
 class TransformerSize:
   """Width of the attention and MLP and depth of one transformer encoder."""
+
   num_heads: int
   mlp_dim: int
   num_layers: int
@@ -62,14 +68,22 @@ def _attention_fn(mode: str, implementation: Optional[str]):
   if mode == 'factorized_heads':
     attend = model_utils.factorized_dot_product_attention
   else:
-    attend = functools.partial(model_utils.dot_product_attention,
-                               axis=_ATTENTION_AXES[mode])
+    attend = functools.partial(
+        model_utils.dot_product_attention, axis=_ATTENTION_AXES[mode]
+    )
 
-  def attention_fn(query, key, value, dropout_rng=None, dropout_rate=0.,
-                   deterministic=True):
-    return attend(query, key, value, dropout_rng=dropout_rng,
-                  dropout_rate=dropout_rate, deterministic=deterministic,
-                  implementation=implementation)
+  def attention_fn(
+      query, key, value, dropout_rng=None, dropout_rate=0.0, deterministic=True
+  ):
+    return attend(
+        query,
+        key,
+        value,
+        dropout_rng=dropout_rng,
+        dropout_rate=dropout_rate,
+        deterministic=deterministic,
+        implementation=implementation,
+    )
 
   return attention_fn
 
@@ -77,29 +91,34 @@ def _attention_fn(mode: str, implementation: Optional[str]):
 class Dropout(nn.Module):
   """Inverted dropout (like nn.Dropout) whose mask comes from
   model_utils.dropout_keep_mask, half the random bits of nn.Dropout's."""
-  rate: float = 0.
+
+  rate: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
     if deterministic or not self.rate:
       return x
-    keep, scale = model_utils.dropout_keep_mask(self.make_rng('dropout'),
-                                                self.rate, x.shape)
+    keep, scale = model_utils.dropout_keep_mask(
+        self.make_rng('dropout'), self.rate, x.shape
+    )
     return jnp.where(keep, x * jnp.asarray(scale, x.dtype), 0)
 
 
 class MlpBlock(nn.Module):
   """Transformer feed-forward block: Dense, GELU, dropout, Dense, dropout."""
+
   mlp_dim: int
-  dropout_rate: float = 0.
+  dropout_rate: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
     dense = functools.partial(
-        nn.Dense, dtype=self.dtype,
+        nn.Dense,
+        dtype=self.dtype,
         kernel_init=nn.initializers.xavier_uniform(),
-        bias_init=nn.initializers.normal(stddev=1e-6))
+        bias_init=nn.initializers.normal(stddev=1e-6),
+    )
     y = nn.gelu(dense(self.mlp_dim, name='Dense_0')(x))
     y = Dropout(self.dropout_rate)(y, deterministic=deterministic)
     y = dense(x.shape[-1], name='Dense_1')(y)
@@ -109,14 +128,17 @@ class MlpBlock(nn.Module):
 class DropPath(nn.Module):
   """Stochastic depth: in training, zeroes a residual branch for each example
   with probability `rate` (not rescaled, as in Scenic)."""
-  rate: float = 0.
+
+  rate: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
     if deterministic or not self.rate:
       return x
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    keep = jax.random.bernoulli(self.make_rng('dropout'), 1. - self.rate, shape)
+    keep = jax.random.bernoulli(
+        self.make_rng('dropout'), 1.0 - self.rate, shape
+    )
     return x * keep.astype(x.dtype)
 
 
@@ -129,12 +151,13 @@ class EncoderBlock(nn.Module):
   (Model 3, input [B, T, S, D]: one attention sub-layer per axis, each with
   its own LayerNorm, named by axis as in Scenic).
   """
+
   mlp_dim: int
   num_heads: int
   attention: Any = 'tokens'
-  dropout_rate: float = 0.
-  attention_dropout_rate: float = 0.
-  droplayer_p: float = 0.
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  droplayer_p: float = 0.0
   dtype: Any = jnp.float32
   attention_implementation: Optional[str] = None
 
@@ -154,13 +177,14 @@ class EncoderBlock(nn.Module):
           kernel_init=nn.initializers.xavier_uniform(),
           dropout_rate=self.attention_dropout_rate,
           attention_fn=_attention_fn(mode, self.attention_implementation),
-          name=f'MultiHeadDotProductAttention_{suffix}')(
-              y, deterministic=deterministic)
+          name=f'MultiHeadDotProductAttention_{suffix}',
+      )(y, deterministic=deterministic)
       y = Dropout(self.dropout_rate)(y, deterministic=deterministic)
       x = x + DropPath(self.droplayer_p)(y, deterministic=deterministic)
     y = nn.LayerNorm(dtype=self.dtype, name=mlp_names[0])(x)
-    y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype,
-                 name=mlp_names[1])(y, deterministic=deterministic)
+    y = MlpBlock(
+        self.mlp_dim, self.dropout_rate, self.dtype, name=mlp_names[1]
+    )(y, deterministic=deterministic)
     return x + DropPath(self.droplayer_p)(y, deterministic=deterministic)
 
 
@@ -171,6 +195,7 @@ class PatchEmbedding(nn.Module):
   [t, h, w, C, features], or [h, w, C, features] when kernel_dims=2 and
   t=1, and 'bias'), computed as one patch-matrix product, whose gradient XLA
   computes far faster on CPU than a strided convolution's."""
+
   features: int
   patch: tuple[int, int, int]
   kernel_dims: int = 3
@@ -181,18 +206,37 @@ class PatchEmbedding(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     b, c = x.shape[0], x.shape[-1]
     grid = [s // p for s, p in zip(x.shape[1:4], self.patch)]
-    kernel = self.param('kernel', self.kernel_init,
-                        self.patch[3 - self.kernel_dims:] + (c, self.features),
-                        jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros, (self.features,),
-                      jnp.float32)
+    kernel = self.param(
+        'kernel',
+        self.kernel_init,
+        self.patch[3 - self.kernel_dims :] + (c, self.features),
+        jnp.float32,
+    )
+    bias = self.param(
+        'bias', nn.initializers.zeros, (self.features,), jnp.float32
+    )
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    x = x[:, :grid[0] * self.patch[0], :grid[1] * self.patch[1],
-          :grid[2] * self.patch[2]]
-    x = x.reshape(b, grid[0], self.patch[0], grid[1], self.patch[1], grid[2],
-                  self.patch[2], c)
-    y = jnp.einsum('bTtHhWwc,thwcd->bTHWd', x,
-                   kernel.reshape(self.patch + (c, self.features)))
+    x = x[
+        :,
+        : grid[0] * self.patch[0],
+        : grid[1] * self.patch[1],
+        : grid[2] * self.patch[2],
+    ]
+    x = x.reshape(
+        b,
+        grid[0],
+        self.patch[0],
+        grid[1],
+        self.patch[1],
+        grid[2],
+        self.patch[2],
+        c,
+    )
+    y = jnp.einsum(
+        'bTtHhWwc,thwcd->bTHWd',
+        x,
+        kernel.reshape(self.patch + (c, self.features)),
+    )
     return y + bias
 
 
@@ -204,6 +248,7 @@ class ConvStem(nn.Module):
   not only a linear map of its own voxels. The convolution is computed as one
   product over the 27 shifted views (model_utils.conv3x3x3), which XLA:CPU runs
   faster than its own 3D convolution."""
+
   features: tuple[int, ...]
   strides: tuple[int, ...]
   dtype: Any = jnp.float32
@@ -211,12 +256,18 @@ class ConvStem(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for i, (features, stride) in enumerate(zip(self.features, self.strides)):
-      kernel = self.param(f'conv_{i}', nn.initializers.lecun_normal(),
-                          (3, 3, 3, x.shape[-1], features), jnp.float32)
-      bias = self.param(f'bias_{i}', nn.initializers.zeros, (features,),
-                        jnp.float32)
-      x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
-                                                dtype=self.dtype)
+      kernel = self.param(
+          f'conv_{i}',
+          nn.initializers.lecun_normal(),
+          (3, 3, 3, x.shape[-1], features),
+          jnp.float32,
+      )
+      bias = self.param(
+          f'bias_{i}', nn.initializers.zeros, (features,), jnp.float32
+      )
+      x, kernel, bias = nn.dtypes.promote_dtype(
+          x, kernel, bias, dtype=self.dtype
+      )
       x = nn.relu(model_utils.conv3x3x3(x, kernel, stride) + bias)
     return x
 
@@ -225,6 +276,7 @@ class MAPHead(nn.Module):
   """Multihead attention pooling (big_vision's 'map' head; Lee et al. 2019): a
   learned probe attends over the tokens, followed by a residual MLP. Unlike a
   mean over every token, it can weight the few tokens that hold the object."""
+
   num_heads: int
   mlp_dim: int
   dtype: Any = jnp.float32
@@ -232,12 +284,14 @@ class MAPHead(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, _, d = x.shape
-    probe = self.param('probe', nn.initializers.xavier_uniform(), (1, 1, d),
-                       jnp.float32)
+    probe = self.param(
+        'probe', nn.initializers.xavier_uniform(), (1, 1, d), jnp.float32
+    )
     x = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype,
-        kernel_init=nn.initializers.xavier_uniform())(
-            jnp.broadcast_to(probe.astype(x.dtype), (b, 1, d)), x)
+        num_heads=self.num_heads,
+        dtype=self.dtype,
+        kernel_init=nn.initializers.xavier_uniform(),
+    )(jnp.broadcast_to(probe.astype(x.dtype), (b, 1, d)), x)
     y = nn.LayerNorm(dtype=self.dtype)(x)
     x = x + MlpBlock(self.mlp_dim, dtype=self.dtype)(y, deterministic=True)
     return x[:, 0]
@@ -248,8 +302,12 @@ class AddPositionEmbs(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    pe = self.param('pos_embedding', nn.initializers.normal(stddev=0.02),
-                    (1,) + x.shape[1:], jnp.float32)
+    pe = self.param(
+        'pos_embedding',
+        nn.initializers.normal(stddev=0.02),
+        (1,) + x.shape[1:],
+        jnp.float32,
+    )
     return x + pe.astype(x.dtype)
 
 
@@ -262,13 +320,14 @@ class Encoder(nn.Module):
   a final float32 LayerNorm. For grid attention (Models 3 and 4) the tokens
   are viewed as [B, t, h*w, D] for the whole stack.
   """
+
   grid: tuple[int, int, int]
   size: TransformerSize
   attention: Any = 'tokens'
   positional_embedding: str = 'learned_1d'
-  dropout_rate: float = 0.
-  attention_dropout_rate: float = 0.
-  stochastic_droplayer_rate: float = 0.
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  stochastic_droplayer_rate: float = 0.0
   dtype: Any = jnp.float32
   attention_implementation: Optional[str] = None
 
@@ -294,11 +353,13 @@ class Encoder(nn.Module):
           attention=self.attention,
           dropout_rate=self.dropout_rate,
           attention_dropout_rate=self.attention_dropout_rate,
-          droplayer_p=(i / max(num_layers - 1, 1)
-                       * self.stochastic_droplayer_rate),
+          droplayer_p=(
+              i / max(num_layers - 1, 1) * self.stochastic_droplayer_rate
+          ),
           dtype=self.dtype,
           attention_implementation=self.attention_implementation,
-          name=f'encoderblock_{i}')(x, deterministic=not train)
+          name=f'encoderblock_{i}',
+      )(x, deterministic=not train)
     if on_grid:
       x = x.reshape(b, n, d)
     return nn.LayerNorm(dtype=jnp.float32, name='encoder_norm')(x)
@@ -326,6 +387,7 @@ class ViViT(nn.Module):
   token count) wherever attention runs along the token axis without
   attention dropout; other attention is an XLA einsum.
   """
+
   num_classes: int
   hidden_size: int
   patch_size: tuple[int, ...]
@@ -345,7 +407,7 @@ class ViViT(nn.Module):
   stem_strides: tuple[int, ...] = ()
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
-  stochastic_droplayer_rate: float = 0.
+  stochastic_droplayer_rate: float = 0.0
   return_prelogits: bool = False
   dtype: Any = jnp.float32
   attention_implementation: Optional[str] = None
@@ -356,77 +418,114 @@ class ViViT(nn.Module):
 
   def _validate(self) -> None:
     """Raises ValueError, saying what to change, for an unusable setup."""
-    _check_choice('config.model.attention_config.type', self.attention_type,
-                  ATTENTION_TYPES)
+    _check_choice(
+        'config.model.attention_config.type',
+        self.attention_type,
+        ATTENTION_TYPES,
+    )
     _check_choice('config.model.classifier', self.classifier, CLASSIFIERS)
-    _check_choice('config.model.positional_embedding',
-                  self.positional_embedding, POSITIONAL_EMBEDDINGS)
-    _check_choice('config.model.attention_config.attention_order',
-                  self.attention_order, list(ATTENTION_ORDERS))
-    _check_choice('config.model.temporal_encoding_config.method',
-                  self.tokenizer, ('3d_conv', 'temporal_sampling'))
-    _check_choice('config.model.temporal_encoding_config.kernel_init_method',
-                  self.kernel_init_method,
-                  list(model_utils.TUBELET_INITIALIZERS))
-    _check_choice('config.model.attention_implementation',
-                  self.attention_implementation, ATTENTION_IMPLEMENTATIONS)
+    _check_choice(
+        'config.model.positional_embedding',
+        self.positional_embedding,
+        POSITIONAL_EMBEDDINGS,
+    )
+    _check_choice(
+        'config.model.attention_config.attention_order',
+        self.attention_order,
+        list(ATTENTION_ORDERS),
+    )
+    _check_choice(
+        'config.model.temporal_encoding_config.method',
+        self.tokenizer,
+        ('3d_conv', 'temporal_sampling'),
+    )
+    _check_choice(
+        'config.model.temporal_encoding_config.kernel_init_method',
+        self.kernel_init_method,
+        list(model_utils.TUBELET_INITIALIZERS),
+    )
+    _check_choice(
+        'config.model.attention_implementation',
+        self.attention_implementation,
+        ATTENTION_IMPLEMENTATIONS,
+    )
     if self.attention_implementation == 'cudnn' and self.dtype != jnp.bfloat16:
       raise ValueError(
           "config.model.attention_implementation='cudnn' (flash attention) "
-          "needs config.model_dtype_str='bfloat16'.")
-    if (self.classifier == 'token'
-        and self.attention_type in TOKENLESS_ATTENTION_TYPES):
+          "needs config.model_dtype_str='bfloat16'."
+      )
+    if (
+        self.classifier == 'token'
+        and self.attention_type in TOKENLESS_ATTENTION_TYPES
+    ):
       raise ValueError(
           f"classifier='token' is not supported with attention type "
           f"'{self.attention_type}' (as in Scenic): set config.model.classifier"
           " to 'gap', 'gmp' or 'gsp', or use attention type 'spacetime' or "
-          "'factorized_encoder'.")
+          "'factorized_encoder'."
+      )
     if len(self.stem_features) != len(self.stem_strides) or any(
-        s < 1 for s in self.stem_strides):
+        s < 1 for s in self.stem_strides
+    ):
       raise ValueError(
           'config.model.stem.features and config.model.stem.strides need one '
           f'entry per convolution, strides >= 1; got {self.stem_features} and '
-          f'{self.stem_strides}.')
+          f'{self.stem_strides}.'
+      )
     if self.stem_features and self.tokenizer != '3d_conv':
       raise ValueError(
           'config.model.stem needs temporal_encoding_config.method=3d_conv: '
-          'a stem sees the whole volume, so frames are not sampled.')
+          'a stem sees the whole volume, so frames are not sampled.'
+      )
     if self.attention_type == 'factorized_encoder':
-      sizes = {'spatial_transformer': self.spatial_transformer,
-               'temporal_transformer': self.temporal_transformer}
+      sizes = {
+          'spatial_transformer': self.spatial_transformer,
+          'temporal_transformer': self.temporal_transformer,
+      }
     else:
       sizes = {'': self.transformer}
     for where, size in sizes.items():
       key = f'config.model.{where + "." if where else ""}num_heads'
       if size is None:
         needs = where or 'num_heads, mlp_dim and num_layers'
-        raise ValueError(f"attention type '{self.attention_type}' needs "
-                         f'config.model.{needs}.')
+        raise ValueError(
+            f"attention type '{self.attention_type}' needs "
+            f'config.model.{needs}.'
+        )
       if size.num_heads < 1 or self.hidden_size % size.num_heads:
         raise ValueError(
             f'{key}={size.num_heads} does not divide hidden_size='
             f'{self.hidden_size}: use a head count in '
             f'{model_utils.divisors(self.hidden_size)}, or change '
-            'config.model.hidden_size.')
-    if (self.attention_type == 'factorized_dot_product_attention'
-        and self.transformer.num_heads % 2):
+            'config.model.hidden_size.'
+        )
+    if (
+        self.attention_type == 'factorized_dot_product_attention'
+        and self.transformer.num_heads % 2
+    ):
       raise ValueError(
           "attention type 'factorized_dot_product_attention' splits the heads "
           'in half (time, space), so config.model.num_heads must be even; got '
-          f'{self.transformer.num_heads}.')
+          f'{self.transformer.num_heads}.'
+      )
 
   def token_grid(self, input_thw: Sequence[int]) -> tuple[int, int, int]:
     """Tokens along (time, height, width) for clips of shape (T, H, W)."""
     stride = int(np.prod(self.stem_strides))
     if any(size % stride for size in input_thw):
       raise ValueError(
-          f'The stem\'s strides {self.stem_strides} reduce the input by {stride},'
+          f"The stem's strides {self.stem_strides} reduce the input by {stride},"
           f' which does not divide the input size {tuple(input_thw)}: change '
-          'config.model.stem.strides.')
+          'config.model.stem.strides.'
+      )
     input_thw = tuple(size // stride for size in input_thw)
     return model_utils.token_grid(
-        input_thw, self.patch_size, drop_remainder=self.drop_remainder,
-        tokenizer=self.tokenizer, n_sampled_frames=self.n_sampled_frames)
+        input_thw,
+        self.patch_size,
+        drop_remainder=self.drop_remainder,
+        tokenizer=self.tokenizer,
+        n_sampled_frames=self.n_sampled_frames,
+    )
 
   def _embed(self, x: jax.Array) -> jax.Array:
     """Clips [B, T, H, W, C] -> token grid [B, t, h, w, hidden_size]."""
@@ -434,81 +533,129 @@ class ViViT(nn.Module):
     gt, gh, gw = self.token_grid((t_in, h_in, w_in))
     ph, pw = self.patch_size[:2]
     if self.tokenizer == 'temporal_sampling':
-      frames = x if gt == t_in else x[:, model_utils.sample_frame_indices(
-          t_in, gt)]
-      return PatchEmbedding(self.hidden_size, (1, ph, pw), kernel_dims=2,
-                            dtype=self.dtype, name='embedding')(frames)
+      frames = (
+          x if gt == t_in else x[:, model_utils.sample_frame_indices(t_in, gt)]
+      )
+      return PatchEmbedding(
+          self.hidden_size,
+          (1, ph, pw),
+          kernel_dims=2,
+          dtype=self.dtype,
+          name='embedding',
+      )(frames)
     if self.stem_features:
-      x = ConvStem(self.stem_features, self.stem_strides, dtype=self.dtype,
-                   name='stem')(x)
+      x = ConvStem(
+          self.stem_features, self.stem_strides, dtype=self.dtype, name='stem'
+      )(x)
     kernel_init = model_utils.TUBELET_INITIALIZERS[self.kernel_init_method]()
-    return PatchEmbedding(self.hidden_size, (self.patch_size[2], ph, pw),
-                          kernel_init=kernel_init, dtype=self.dtype,
-                          name='embedding')(x)
+    return PatchEmbedding(
+        self.hidden_size,
+        (self.patch_size[2], ph, pw),
+        kernel_init=kernel_init,
+        dtype=self.dtype,
+        name='embedding',
+    )(x)
 
-  def _encode_and_pool(self, x: jax.Array, grid: tuple[int, int, int],
-                       size: TransformerSize, attention: Any, name: str,
-                       train: bool) -> jax.Array:
+  def _encode_and_pool(
+      self,
+      x: jax.Array,
+      grid: tuple[int, int, int],
+      size: TransformerSize,
+      attention: Any,
+      name: str,
+      train: bool,
+  ) -> jax.Array:
     """[B, N, D] tokens -> [B, D]: class token, encoder `name`, pooling."""
     b, _, d = x.shape
     if self.classifier == 'token':
       cls_name = 'cls' if name == 'Transformer' else f'cls_{name}'
       cls = self.param(cls_name, nn.initializers.zeros, (1, 1, d), jnp.float32)
-      x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x],
-                          axis=1)
+      x = jnp.concatenate(
+          [jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x], axis=1
+      )
     x = Encoder(
-        grid=grid, size=size, attention=attention,
+        grid=grid,
+        size=size,
+        attention=attention,
         positional_embedding=self.positional_embedding,
         dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate,
         stochastic_droplayer_rate=self.stochastic_droplayer_rate,
         dtype=self.dtype,
         attention_implementation=self.attention_implementation,
-        name=name)(x, train=train)
+        name=name,
+    )(x, train=train)
     if self.classifier == 'token':
       return x[:, 0]
     if self.classifier == 'map':
       head_name = 'MAPHead' if name == 'Transformer' else f'MAPHead_{name}'
-      return MAPHead(size.num_heads, size.mlp_dim, dtype=self.dtype,
-                     name=head_name)(x)
+      return MAPHead(
+          size.num_heads, size.mlp_dim, dtype=self.dtype, name=head_name
+      )(x)
     return _POOLS[self.classifier](x, axis=1)
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool,
-               return_prelogits: Optional[bool] = None) -> jax.Array:
+  def __call__(
+      self,
+      x: jax.Array,
+      *,
+      train: bool,
+      return_prelogits: Optional[bool] = None,
+  ) -> jax.Array:
     """Logits [B, num_classes] (float32), or the pre-logits representation
     when return_prelogits (argument, else attribute) is true."""
     tokens = self._embed(jnp.asarray(x, self.dtype))
     b, gt, gh, gw, d = tokens.shape
     if self.attention_type == 'factorized_encoder':
       frames = self._encode_and_pool(
-          tokens.reshape(b * gt, gh * gw, d), (1, gh, gw),
-          self.spatial_transformer, 'tokens', 'SpatialTransformer', train)
+          tokens.reshape(b * gt, gh * gw, d),
+          (1, gh, gw),
+          self.spatial_transformer,
+          'tokens',
+          'SpatialTransformer',
+          train,
+      )
       x = self._encode_and_pool(
-          frames.reshape(b, gt, d).astype(self.dtype), (gt, 1, 1),
-          self.temporal_transformer, 'tokens', 'TemporalTransformer', train)
+          frames.reshape(b, gt, d).astype(self.dtype),
+          (gt, 1, 1),
+          self.temporal_transformer,
+          'tokens',
+          'TemporalTransformer',
+          train,
+      )
     else:
       attention = {
           'spacetime': 'tokens',
-          'factorized_self_attention_block':
-              ATTENTION_ORDERS[self.attention_order],
+          'factorized_self_attention_block': ATTENTION_ORDERS[
+              self.attention_order
+          ],
           'factorized_dot_product_attention': 'factorized_heads',
       }[self.attention_type]
       x = self._encode_and_pool(
-          tokens.reshape(b, gt * gh * gw, d), (gt, gh, gw), self.transformer,
-          attention, 'Transformer', train)
+          tokens.reshape(b, gt * gh * gw, d),
+          (gt, gh, gw),
+          self.transformer,
+          attention,
+          'Transformer',
+          train,
+      )
 
     if self.representation_size is not None:
       x = nn.tanh(nn.Dense(self.representation_size, name='pre_logits')(x))
     if self.return_prelogits if return_prelogits is None else return_prelogits:
       return x
-    return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
-                    dtype=jnp.float32, name='output_projection')(x)
+    return nn.Dense(
+        self.num_classes,
+        kernel_init=nn.initializers.zeros,
+        dtype=jnp.float32,
+        name='output_projection',
+    )(x)
 
 
 def _transformer_size(cfg: ml_collections.ConfigDict) -> TransformerSize:
-  return TransformerSize(num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
-                         num_layers=cfg.num_layers)
+  return TransformerSize(
+      num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim, num_layers=cfg.num_layers
+  )
 
 
 class ViViTClassificationModel:
@@ -521,8 +668,9 @@ class ViViTClassificationModel:
     flax_model: the ViViT module.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict,
-               dataset_meta_data: dict):
+  def __init__(
+      self, config: ml_collections.ConfigDict, dataset_meta_data: dict
+  ):
     self.config = config
     self.dataset_meta_data = dataset_meta_data
     self.flax_model = self.build_flax_model()
@@ -537,16 +685,16 @@ class ViViTClassificationModel:
     _check_choice('config.model_dtype_str', dtype_str, list(MODEL_DTYPES))
     attention_config = m.get('attention_config') or ml_collections.ConfigDict()
     attention_type = attention_config.get('type', 'spacetime')
-    encoding = (m.get('temporal_encoding_config')
-                or ml_collections.ConfigDict())
+    encoding = m.get('temporal_encoding_config') or ml_collections.ConfigDict()
     stem = m.get('stem') or ml_collections.ConfigDict()
     sizes = {}
     if attention_type == 'factorized_encoder':
       for key in ('spatial_transformer', 'temporal_transformer'):
         if m.get(key) is not None:
           sizes[key] = _transformer_size(m[key])
-    elif all(m.get(k) is not None for k in ('num_heads', 'mlp_dim',
-                                            'num_layers')):
+    elif all(
+        m.get(k) is not None for k in ('num_heads', 'mlp_dim', 'num_layers')
+    ):
       sizes['transformer'] = _transformer_size(m)
     return ViViT(
         num_classes=self.dataset_meta_data['num_classes'],
@@ -563,13 +711,14 @@ class ViViTClassificationModel:
         positional_embedding=m.get('positional_embedding', 'learned_1d'),
         dropout_rate=m.get('dropout_rate', 0.1),
         attention_dropout_rate=m.get('attention_dropout_rate', 0.1),
-        stochastic_droplayer_rate=m.get('stochastic_droplayer_rate', 0.),
+        stochastic_droplayer_rate=m.get('stochastic_droplayer_rate', 0.0),
         stem_features=tuple(stem.get('features') or ()),
         stem_strides=tuple(stem.get('strides') or ()),
         return_prelogits=m.get('return_prelogits', False),
         dtype=MODEL_DTYPES[dtype_str],
         attention_implementation=m.get('attention_implementation'),
-        **sizes)
+        **sizes,
+    )
 
   def init_variables(self, rng: jax.Array, batch_size: int = 1) -> dict:
     """Initial variables for inputs of dataset_meta_data['input_shape']."""
@@ -583,15 +732,19 @@ class ViViTClassificationModel:
     with no training example."""
     counts = self.dataset_meta_data.get('train_class_counts')
     if counts is None:
-      raise ValueError('config.class_weighted_loss needs the training class '
-                       "counts in the dataset metadata ('train_class_counts').")
+      raise ValueError(
+          'config.class_weighted_loss needs the training class '
+          "counts in the dataset metadata ('train_class_counts')."
+      )
     counts = np.asarray(counts, np.float64)
-    weights = np.where(counts > 0, counts.sum()
-                       / (len(counts) * np.maximum(counts, 1)), 0.)
+    weights = np.where(
+        counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)), 0.0
+    )
     return weights.astype(np.float32)
 
-  def loss_function(self, logits: jax.Array, batch: dict,
-                    model_params: Any = None) -> jax.Array:
+  def loss_function(
+      self, logits: jax.Array, batch: dict, model_params: Any = None
+  ) -> jax.Array:
     """Mean softmax cross-entropy weighted by batch['batch_mask'] (label
     smoothing from config.label_smoothing), plus
     0.5 * config.l2_decay_factor * ||model_params||^2 when that is set.
@@ -607,20 +760,26 @@ class ViViTClassificationModel:
     one_hot = model_utils.as_one_hot(batch['label'], logits)
     weights = _weights(batch, logits)
     ce = model_utils.softmax_cross_entropy(
-        logits, one_hot, self.config.get('label_smoothing'))
+        logits, one_hot, self.config.get('label_smoothing')
+    )
     example_weights = weights
     if self.config.get('class_weighted_loss', False):
       example_weights = weights * (
-          one_hot.astype(jnp.float32) @ jnp.asarray(self.class_weights()))
-    loss = (jnp.sum(jnp.where(weights > 0, ce, 0.) * example_weights)
-            / jnp.maximum(jnp.sum(weights), 1e-8))
+          one_hot.astype(jnp.float32) @ jnp.asarray(self.class_weights())
+      )
+    loss = jnp.sum(
+        jnp.where(weights > 0, ce, 0.0) * example_weights
+    ) / jnp.maximum(jnp.sum(weights), 1e-8)
     l2_decay_factor = self.config.get('l2_decay_factor')
     if l2_decay_factor:
       if model_params is None:
-        raise ValueError('config.l2_decay_factor is set, so loss_function '
-                         'needs model_params.')
+        raise ValueError(
+            'config.l2_decay_factor is set, so loss_function '
+            'needs model_params.'
+        )
       loss = loss + 0.5 * l2_decay_factor * model_utils.l2_norm_squared(
-          model_params)
+          model_params
+      )
     return loss
 
   def get_metrics_fn(self, split: Optional[str] = None):
@@ -640,8 +799,12 @@ class ViViTClassificationModel:
       values['loss'] = model_utils.softmax_cross_entropy(logits, one_hot)
       count = jax.lax.psum(jnp.sum(weights), AXIS_NAME)
       return {
-          name: (jax.lax.psum(
-              jnp.sum(jnp.where(weights > 0, v, 0.) * weights), AXIS_NAME), count)
+          name: (
+              jax.lax.psum(
+                  jnp.sum(jnp.where(weights > 0, v, 0.0) * weights), AXIS_NAME
+              ),
+              count,
+          )
           for name, v in values.items()
       }
 
@@ -662,6 +825,7 @@ _MODELS = {'vivit_classification': ViViTClassificationModel}
 def get_model_cls(model_name: str):
   """The model class registered under config.model_name."""
   if model_name not in _MODELS:
-    raise ValueError(f'Unknown model_name {model_name!r}; use one of '
-                     f'{list(_MODELS)}.')
+    raise ValueError(
+        f'Unknown model_name {model_name!r}; use one of ' f'{list(_MODELS)}.'
+    )
   return _MODELS[model_name]

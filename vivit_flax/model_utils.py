@@ -29,7 +29,8 @@ def sample_frame_indices(num_frames: int, n_sampled_frames: int) -> np.ndarray:
     raise ValueError(
         f'temporal_encoding_config.n_sampled_frames={n_sampled_frames} is out '
         f'of range for inputs with {num_frames} frames: use a value in '
-        f'[1, {num_frames}].')
+        f'[1, {num_frames}].'
+    )
   if n_sampled_frames == num_frames:
     return np.arange(num_frames)
   step = num_frames / (n_sampled_frames + 1)
@@ -37,12 +38,14 @@ def sample_frame_indices(num_frames: int, n_sampled_frames: int) -> np.ndarray:
   return np.minimum(idx, num_frames - 1)
 
 
-def token_grid(input_thw: Sequence[int],
-               patch_size: Sequence[int],
-               *,
-               drop_remainder: bool = False,
-               tokenizer: str = '3d_conv',
-               n_sampled_frames: Optional[int] = None) -> tuple[int, int, int]:
+def token_grid(
+    input_thw: Sequence[int],
+    patch_size: Sequence[int],
+    *,
+    drop_remainder: bool = False,
+    tokenizer: str = '3d_conv',
+    n_sampled_frames: Optional[int] = None,
+) -> tuple[int, int, int]:
   """Number of tokens along (time, height, width) for an input of that shape.
 
   Args:
@@ -65,11 +68,13 @@ def token_grid(input_thw: Sequence[int],
       raise ValueError(
           "temporal_encoding_config.method='temporal_sampling' embeds each "
           'sampled frame with 2D patches, so config.model.patches.size must be '
-          f'(h, w) or (h, w, 1); got {tuple(patch_size)}.')
+          f'(h, w) or (h, w, 1); got {tuple(patch_size)}.'
+      )
     if n_sampled_frames is None:
       raise ValueError(
           "temporal_encoding_config.method='temporal_sampling' needs "
-          'temporal_encoding_config.n_sampled_frames.')
+          'temporal_encoding_config.n_sampled_frames.'
+      )
     t_tokens = len(sample_frame_indices(t_in, n_sampled_frames))
     checks = ((1, h_in, patch_size[0]), (2, w_in, patch_size[1]))
   elif tokenizer == '3d_conv':
@@ -77,14 +82,16 @@ def token_grid(input_thw: Sequence[int],
       raise ValueError(
           "temporal_encoding_config.method='3d_conv' needs "
           'config.model.patches.size = (h, w, t); got '
-          f'{tuple(patch_size)}.')
+          f'{tuple(patch_size)}.'
+      )
     ph, pw, pt = patch_size
     t_tokens = None
     checks = ((0, t_in, pt), (1, h_in, ph), (2, w_in, pw))
   else:
     raise ValueError(
         f'Unknown temporal_encoding_config.method {tokenizer!r}: use '
-        "'3d_conv' or 'temporal_sampling'.")
+        "'3d_conv' or 'temporal_sampling'."
+    )
 
   counts = {0: t_tokens}
   for dim, size, patch in checks:
@@ -93,14 +100,16 @@ def token_grid(input_thw: Sequence[int],
       raise ValueError(
           f'Patch {name} {patch} leaves zero tokens along the {name} '
           f'dimension of size {size}: config.model.patches.size needs a '
-          f'{name} between 1 and {size} (patches.size is (h, w, t)).')
+          f'{name} between 1 and {size} (patches.size is (h, w, t)).'
+      )
     if size % patch and not drop_remainder:
       raise ValueError(
           f'Patch {name} {patch} does not tile the input {name} {size} '
           f'({size} % {patch} = {size % patch}). Patch {name}s that tile it: '
           f'{divisors(size)}. Change config.model.patches.size (order '
           '(h, w, t)) or set config.model.patches.drop_remainder=True to '
-          'drop the trailing voxels.')
+          'drop the trailing voxels.'
+      )
     counts[dim] = size // patch
   return counts[0], counts[1], counts[2]
 
@@ -114,18 +123,29 @@ def conv3x3x3(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
   totals = [max((o - 1) * stride + 3 - n, 0) for o, n in zip(out, (t, h, w))]
   pads = [(total // 2, total - total // 2) for total in totals]
   x = jnp.pad(x, [(0, 0)] + pads + [(0, 0)])
-  views = [x[:, i:i + (out[0] - 1) * stride + 1:stride,
-             j:j + (out[1] - 1) * stride + 1:stride,
-             k:k + (out[2] - 1) * stride + 1:stride]
-           for i in range(3) for j in range(3) for k in range(3)]
-  return jnp.einsum('nbthwc,ncf->bthwf', jnp.stack(views),
-                    kernel.reshape(27, c, kernel.shape[-1]))
+  views = [
+      x[
+          :,
+          i : i + (out[0] - 1) * stride + 1 : stride,
+          j : j + (out[1] - 1) * stride + 1 : stride,
+          k : k + (out[2] - 1) * stride + 1 : stride,
+      ]
+      for i in range(3)
+      for j in range(3)
+      for k in range(3)
+  ]
+  return jnp.einsum(
+      'nbthwc,ncf->bthwf',
+      jnp.stack(views),
+      kernel.reshape(27, c, kernel.shape[-1]),
+  )
 
 
 def _check_tubelet_kernel(shape: Sequence[int]) -> None:
   if len(shape) != 5:
-    raise ValueError('Expected a 5-D (t, h, w, c_in, c_out) kernel, got '
-                     f'{tuple(shape)}.')
+    raise ValueError(
+        'Expected a 5-D (t, h, w, c_in, c_out) kernel, got ' f'{tuple(shape)}.'
+    )
 
 
 def central_frame_initializer(base=nn.initializers.lecun_normal()):
@@ -168,10 +188,9 @@ TUBELET_INITIALIZERS = {
 }
 
 
-def sinusoidal_3d_position_embedding(grid: Sequence[int],
-                                     channels: int,
-                                     temperature: float = 10_000.
-                                    ) -> np.ndarray:
+def sinusoidal_3d_position_embedding(
+    grid: Sequence[int], channels: int, temperature: float = 10_000.0
+) -> np.ndarray:
   """Fixed sin-cos embedding of (t, h, w) token positions, [t*h*w, channels].
 
   Each axis gets channels // 6 frequencies (a sin and a cos channel each), in
@@ -182,28 +201,32 @@ def sinusoidal_3d_position_embedding(grid: Sequence[int],
   if n_freq == 0:
     raise ValueError(
         "positional_embedding='sinusoidal_3d' needs hidden_size >= 6, got "
-        f'{channels}.')
-  omega = 1.0 / temperature**(np.arange(n_freq) / n_freq)
-  coords = np.stack(np.meshgrid(*[np.arange(g) for g in grid], indexing='ij'),
-                    axis=-1).reshape(-1, 3)
+        f'{channels}.'
+    )
+  omega = 1.0 / temperature ** (np.arange(n_freq) / n_freq)
+  coords = np.stack(
+      np.meshgrid(*[np.arange(g) for g in grid], indexing='ij'), axis=-1
+  ).reshape(-1, 3)
   parts = []
   for axis in range(3):
-    phase = coords[:, axis:axis + 1] * omega[None, :]
+    phase = coords[:, axis : axis + 1] * omega[None, :]
     parts += [np.sin(phase), np.cos(phase)]
   emb = np.concatenate(parts, axis=1)
   emb = np.pad(emb, ((0, 0), (0, channels - emb.shape[1])))
   return emb.astype(np.float32)
 
 
-def dot_product_attention(query: jax.Array,
-                          key: jax.Array,
-                          value: jax.Array,
-                          *,
-                          axis: int = -3,
-                          dropout_rng: Optional[jax.Array] = None,
-                          dropout_rate: float = 0.,
-                          deterministic: bool = True,
-                          implementation: Optional[str] = None) -> jax.Array:
+def dot_product_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *,
+    axis: int = -3,
+    dropout_rng: Optional[jax.Array] = None,
+    dropout_rate: float = 0.0,
+    deterministic: bool = True,
+    implementation: Optional[str] = None,
+) -> jax.Array:
   """Softmax attention along one token axis of [..., heads, depth] arrays.
 
   All other leading axes are batch axes. Logits and softmax are float32 (the
@@ -216,34 +239,44 @@ def dot_product_attention(query: jax.Array,
   """
   ndim = query.ndim
   axis = axis % ndim
-  dropout = not deterministic and dropout_rate > 0.
+  dropout = not deterministic and dropout_rate > 0.0
   if axis == ndim - 3 and not dropout:
     lead = query.shape[:axis]
     q, k, v = (a.reshape((-1,) + a.shape[axis:]) for a in (query, key, value))
     try:
       out = jax.nn.dot_product_attention(q, k, v, implementation=implementation)
     except NotImplementedError as err:  # e.g. cuDNN and an odd token count
-      logging.warning('Attention implementation %r rejected shape %s (%s); '
-                      'using XLA.', implementation, q.shape, err)
+      logging.warning(
+          'Attention implementation %r rejected shape %s (%s); ' 'using XLA.',
+          implementation,
+          q.shape,
+          err,
+      )
       out = jax.nn.dot_product_attention(q, k, v, implementation='xla')
     return out.reshape(lead + out.shape[1:])
 
-  letters = 'abcdefg'[:ndim - 2]
-  q_idx = letters[:axis] + 'q' + letters[axis + 1:] + 'hd'
-  k_idx = letters[:axis] + 'k' + letters[axis + 1:] + 'hd'
-  w_idx = letters[:axis] + letters[axis + 1:] + 'hqk'
-  logits = jnp.einsum(f'{q_idx},{k_idx}->{w_idx}', query, key,
-                      preferred_element_type=jnp.float32)
+  letters = 'abcdefg'[: ndim - 2]
+  q_idx = letters[:axis] + 'q' + letters[axis + 1 :] + 'hd'
+  k_idx = letters[:axis] + 'k' + letters[axis + 1 :] + 'hd'
+  w_idx = letters[:axis] + letters[axis + 1 :] + 'hqk'
+  logits = jnp.einsum(
+      f'{q_idx},{k_idx}->{w_idx}',
+      query,
+      key,
+      preferred_element_type=jnp.float32,
+  )
   weights = jax.nn.softmax(logits / np.sqrt(query.shape[-1]), axis=-1)
   if dropout:
     keep, scale = dropout_keep_mask(dropout_rng, dropout_rate, weights.shape)
-    weights = jnp.where(keep, weights * scale, 0.)
-  return jnp.einsum(f'{w_idx},{k_idx}->{q_idx}', weights.astype(value.dtype),
-                    value)
+    weights = jnp.where(keep, weights * scale, 0.0)
+  return jnp.einsum(
+      f'{w_idx},{k_idx}->{q_idx}', weights.astype(value.dtype), value
+  )
 
 
-def dropout_keep_mask(rng: jax.Array, rate: float,
-                      shape: Sequence[int]) -> tuple[jax.Array, float]:
+def dropout_keep_mask(
+    rng: jax.Array, rate: float, shape: Sequence[int]
+) -> tuple[jax.Array, float]:
   """Dropout's keep mask and the scale that keeps the expectation unchanged.
 
   Each element is kept when a 16-bit random number is at least
@@ -259,15 +292,16 @@ def dropout_keep_mask(rng: jax.Array, rate: float,
   return halves.reshape(shape) >= threshold, 2**16 / (2**16 - threshold)
 
 
-def factorized_dot_product_attention(query: jax.Array,
-                                     key: jax.Array,
-                                     value: jax.Array,
-                                     *,
-                                     dropout_rng: Optional[jax.Array] = None,
-                                     dropout_rate: float = 0.,
-                                     deterministic: bool = True,
-                                     implementation: Optional[str] = None
-                                    ) -> jax.Array:
+def factorized_dot_product_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *,
+    dropout_rng: Optional[jax.Array] = None,
+    dropout_rate: float = 0.0,
+    deterministic: bool = True,
+    implementation: Optional[str] = None,
+) -> jax.Array:
   """ViViT Model 4 attention on [batch, time, space, heads, depth] arrays.
 
   The first half of the heads attends over time (tokens at the same spatial
@@ -275,15 +309,26 @@ def factorized_dot_product_attention(query: jax.Array,
   in Scenic; the halves are concatenated back along the heads axis.
   """
   half = query.shape[-2] // 2
-  rngs = (jax.random.split(dropout_rng) if dropout_rng is not None
-          else (None, None))
+  rngs = (
+      jax.random.split(dropout_rng) if dropout_rng is not None else (None, None)
+  )
   outs = []
-  for axis, heads, rng in ((1, slice(None, half), rngs[0]),
-                           (2, slice(half, None), rngs[1])):
-    outs.append(dot_product_attention(
-        query[..., heads, :], key[..., heads, :], value[..., heads, :],
-        axis=axis, dropout_rng=rng, dropout_rate=dropout_rate,
-        deterministic=deterministic, implementation=implementation))
+  for axis, heads, rng in (
+      (1, slice(None, half), rngs[0]),
+      (2, slice(half, None), rngs[1]),
+  ):
+    outs.append(
+        dot_product_attention(
+            query[..., heads, :],
+            key[..., heads, :],
+            value[..., heads, :],
+            axis=axis,
+            dropout_rng=rng,
+            dropout_rate=dropout_rate,
+            deterministic=deterministic,
+            implementation=implementation,
+        )
+    )
   return jnp.concatenate(outs, axis=-2)
 
 
@@ -296,16 +341,18 @@ def as_one_hot(labels: jax.Array, logits: jax.Array) -> jax.Array:
   return jax.nn.one_hot(labels, logits.shape[-1])
 
 
-def softmax_cross_entropy(logits: jax.Array,
-                          one_hot: jax.Array,
-                          label_smoothing: Optional[float] = None
-                         ) -> jax.Array:
+def softmax_cross_entropy(
+    logits: jax.Array,
+    one_hot: jax.Array,
+    label_smoothing: Optional[float] = None,
+) -> jax.Array:
   """Per-example cross-entropy; smoothing mixes in ls / num_classes."""
   if label_smoothing:
     num_classes = one_hot.shape[-1]
-    one_hot = (1. - label_smoothing) * one_hot + label_smoothing / num_classes
-  return -jnp.sum(one_hot * jax.nn.log_softmax(logits.astype(jnp.float32)),
-                  axis=-1)
+    one_hot = (1.0 - label_smoothing) * one_hot + label_smoothing / num_classes
+  return -jnp.sum(
+      one_hot * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1
+  )
 
 
 def topk_correct(logits: jax.Array, one_hot: jax.Array, k: int) -> jax.Array:
@@ -317,5 +364,7 @@ def topk_correct(logits: jax.Array, one_hot: jax.Array, k: int) -> jax.Array:
 
 def l2_norm_squared(params) -> jax.Array:
   """Sum of squares of every leaf of a parameter tree."""
-  return sum(jnp.sum(jnp.square(p.astype(jnp.float32)))
-             for p in jax.tree_util.tree_leaves(params))
+  return sum(
+      jnp.sum(jnp.square(p.astype(jnp.float32)))
+      for p in jax.tree_util.tree_leaves(params)
+  )

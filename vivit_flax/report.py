@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vivit_flax import checkpoints, datasets, evaluation, inference
 
-GIF_SIZE = 128           # GIF frames are upscaled (nearest neighbour) to at least this many pixels
+GIF_SIZE = 128  # GIF frames are upscaled (nearest neighbour) to at least this many pixels
 GIF_FRAME_MS = 80
 PREDICT_BATCH = 32
 _CELL = evaluation.CONFUSION_CELL
@@ -55,14 +55,16 @@ def to_uint8(volume: np.ndarray) -> np.ndarray:
   """A volume as uint8: uint8 stays, floats in [0, 1] are scaled to 0..255."""
   if volume.dtype == np.uint8:
     return volume
-  return (np.clip(volume, 0., 1.) * 255. + 0.5).astype(np.uint8)
+  return (np.clip(volume, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def _scale(shape: Sequence[int]) -> int:
   """Upscaling factor of a [T, H, W, C] volume's slices: at least GIF_SIZE pixels, and at least
   one pixel of width per slice."""
   depth, height, width = shape[:3]
-  return max(1, math.ceil(GIF_SIZE / max(height, width)), math.ceil(depth / width))
+  return max(
+      1, math.ceil(GIF_SIZE / max(height, width)), math.ceil(depth / width)
+  )
 
 
 def slice_image(volume: np.ndarray, t: int, scale: int) -> Image.Image:
@@ -72,9 +74,15 @@ def slice_image(volume: np.ndarray, t: int, scale: int) -> Image.Image:
   if frame.shape[-1] == 3:
     image = Image.fromarray(frame, 'RGB')
   else:
-    image = Image.fromarray(frame[..., 0] if frame.shape[-1] == 1 else
-                            frame.mean(-1).astype(np.uint8), 'L')
-  return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    image = Image.fromarray(
+        frame[..., 0]
+        if frame.shape[-1] == 1
+        else frame.mean(-1).astype(np.uint8),
+        'L',
+    )
+  return image.resize(
+      (image.width * scale, image.height * scale), Image.NEAREST
+  )
 
 
 def volume_frames(volume: np.ndarray) -> list[Image.Image]:
@@ -87,11 +95,15 @@ def volume_frames(volume: np.ndarray) -> list[Image.Image]:
     image = slice_image(volume, t, scale)
     grey = image.mode == 'L'
     bar = max(3, image.height // 32)
-    frame = Image.new(image.mode, (image.width, image.height + bar), 64 if grey else (64,) * 3)
+    frame = Image.new(
+        image.mode, (image.width, image.height + bar), 64 if grey else (64,) * 3
+    )
     frame.paste(image)
     filled = round((t + 1) * image.width / depth)
-    ImageDraw.Draw(frame).rectangle([0, image.height, filled - 1, image.height + bar - 1],
-                                    fill=220 if grey else (220,) * 3)
+    ImageDraw.Draw(frame).rectangle(
+        [0, image.height, filled - 1, image.height + bar - 1],
+        fill=220 if grey else (220,) * 3,
+    )
     frames.append(frame)
   return frames
 
@@ -100,8 +112,14 @@ def gif_bytes(volume: np.ndarray) -> bytes:
   """An animated, looping GIF of a [T, H, W, C] volume, one frame per slice."""
   frames = volume_frames(volume)
   buffer = io.BytesIO()
-  frames[0].save(buffer, format='GIF', save_all=True, append_images=frames[1:],
-                 duration=GIF_FRAME_MS, loop=0)
+  frames[0].save(
+      buffer,
+      format='GIF',
+      save_all=True,
+      append_images=frames[1:],
+      duration=GIF_FRAME_MS,
+      loop=0,
+  )
   return buffer.getvalue()
 
 
@@ -116,12 +134,21 @@ def caption(true_name: str, predicted_name: str) -> str:
   return f'T: {true_name} | P: {predicted_name}'
 
 
-def grid_image(volumes: Sequence[np.ndarray], captions: Sequence[str],
-               correct: Sequence[bool]) -> Image.Image:
+def grid_image(
+    volumes: Sequence[np.ndarray],
+    captions: Sequence[str],
+    correct: Sequence[bool],
+) -> Image.Image:
   """The central slice of each volume above its caption, in a near-square grid of tiles."""
   font = _font()
-  tiles = [slice_image(v, len(v) // 2, _scale(v.shape)).convert('RGB') for v in volumes]
-  text_w, text_h = max(_text_size(font, c)[0] for c in captions), _text_size(font, 'Tg|')[1]
+  tiles = [
+      slice_image(v, len(v) // 2, _scale(v.shape)).convert('RGB')
+      for v in volumes
+  ]
+  text_w, text_h = (
+      max(_text_size(font, c)[0] for c in captions),
+      _text_size(font, 'Tg|')[1],
+  )
   tile_w = max(max(t.width for t in tiles), text_w) + 2 * _PAD
   tile_h = max(t.height for t in tiles) + text_h + 3 * _PAD
   columns = math.ceil(math.sqrt(len(tiles)))
@@ -131,8 +158,13 @@ def grid_image(volumes: Sequence[np.ndarray], captions: Sequence[str],
   for i, (tile, text, right) in enumerate(zip(tiles, captions, correct)):
     x, y = (i % columns) * tile_w, (i // columns) * tile_h
     grid.paste(tile, (x + (tile_w - tile.width) // 2, y + _PAD))
-    draw.text((x + tile_w // 2, y + tile.height + 2 * _PAD), text, font=font, anchor='mt',
-              fill=_RIGHT if right else _WRONG)
+    draw.text(
+        (x + tile_w // 2, y + tile.height + 2 * _PAD),
+        text,
+        font=font,
+        anchor='mt',
+        fill=_RIGHT if right else _WRONG,
+    )
   return grid
 
 
@@ -140,15 +172,23 @@ def grid_image(volumes: Sequence[np.ndarray], captions: Sequence[str],
 confusion_matrix_image = evaluation.confusion_matrix_image
 
 
-def predict_split(predict, images: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
+def predict_split(
+    predict, images: np.ndarray, batch_size: int = PREDICT_BATCH
+) -> np.ndarray:
   """Class probabilities of every example, predicted in batches of one shape (the last one padded),
   so the predictor compiles once."""
   probabilities = []
-  for start in tqdm.trange(0, len(images), batch_size, desc='predict', unit='batch'):
-    batch = images[start:start + batch_size]
-    padded = np.concatenate([batch, np.zeros((batch_size - len(batch),) + batch.shape[1:],
-                                              batch.dtype)])
-    probabilities.append(predict(padded)[:len(batch)])
+  for start in tqdm.trange(
+      0, len(images), batch_size, desc='predict', unit='batch'
+  ):
+    batch = images[start : start + batch_size]
+    padded = np.concatenate(
+        [
+            batch,
+            np.zeros((batch_size - len(batch),) + batch.shape[1:], batch.dtype),
+        ]
+    )
+    probabilities.append(predict(padded)[: len(batch)])
   return np.concatenate(probabilities)
 
 
@@ -156,15 +196,22 @@ def _data_uri(mime: str, data: bytes) -> str:
   return f'data:{mime};base64,{base64.b64encode(data).decode("ascii")}'
 
 
-def html_page(title: str, summary: str, gifs: Sequence[bytes], captions: Sequence[str],
-              correct: Sequence[bool], confusion_png: bytes) -> str:
+def html_page(
+    title: str,
+    summary: str,
+    gifs: Sequence[bytes],
+    captions: Sequence[str],
+    correct: Sequence[bool],
+    confusion_png: bytes,
+) -> str:
   """A self-contained HTML page: captioned GIFs in a grid, then the confusion matrix."""
   columns = math.ceil(math.sqrt(len(gifs)))
   figures = '\n'.join(
       f'<figure><img src="{_data_uri("image/gif", gif)}" alt="sample {i}">'
       f'<figcaption class="{"right" if ok else "wrong"}">{html.escape(text)}</figcaption></figure>'
-      for i, (gif, text, ok) in enumerate(zip(gifs, captions, correct)))
-  return f'''<!DOCTYPE html>
+      for i, (gif, text, ok) in enumerate(zip(gifs, captions, correct))
+  )
+  return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
 body {{ font-family: sans-serif; margin: 16px; }}
@@ -183,11 +230,15 @@ figcaption {{ font-size: 13px; margin-top: 4px; }}
 <h2>Confusion matrix</h2>
 <img src="{_data_uri("image/png", confusion_png)}" alt="confusion matrix">
 </body></html>
-'''
+"""
 
 
-def write_report(workdir: str, split: str = 'test', num_samples: int = 25,
-                 out: str | None = None) -> dict[str, object]:
+def write_report(
+    workdir: str,
+    split: str = 'test',
+    num_samples: int = 25,
+    out: str | None = None,
+) -> dict[str, object]:
   """Predicts `split` with the workdir's best (else newest) checkpoint and writes the report
   files to `out` (default <workdir>/report); returns their paths ('gifs', 'grid',
   'confusion_matrix', 'html')."""
@@ -195,7 +246,9 @@ def write_report(workdir: str, split: str = 'test', num_samples: int = 25,
   config = inference.load_config(workdir)
   predict = inference.load_predictor(workdir)
   _, metadata = checkpoints.restore_params(workdir, 'best')
-  dataset = datasets.get_dataset(config, process_index=0, process_count=1, local_device_count=1)
+  dataset = datasets.get_dataset(
+      config, process_index=0, process_count=1, local_device_count=1
+  )
   images, labels = dataset.arrays(split)
   names = metadata.get('label_names') or dataset.meta_data['label_names']
   predictions = predict_split(predict, images).argmax(-1)
@@ -210,20 +263,37 @@ def write_report(workdir: str, split: str = 'test', num_samples: int = 25,
     gif_paths.append(os.path.join(out, 'samples', f'sample_{i:03d}.gif'))
     with open(gif_paths[-1], 'wb') as f:
       f.write(gifs[-1])
-  paths = {'gifs': gif_paths, 'grid': os.path.join(out, 'grid.png'),
-           'confusion_matrix': os.path.join(out, 'confusion_matrix.png'),
-           'html': os.path.join(out, 'index.html')}
-  grid_image([images[i] for i in shown], captions, correct).save(paths['grid'], optimize=True)
+  paths = {
+      'gifs': gif_paths,
+      'grid': os.path.join(out, 'grid.png'),
+      'confusion_matrix': os.path.join(out, 'confusion_matrix.png'),
+      'html': os.path.join(out, 'index.html'),
+  }
+  grid_image([images[i] for i in shown], captions, correct).save(
+      paths['grid'], optimize=True
+  )
   matrix = evaluation.confusion_matrix(labels, predictions, len(names))
-  confusion_png = _png_bytes(Image.fromarray(confusion_matrix_image(matrix, names)))
+  confusion_png = _png_bytes(
+      Image.fromarray(confusion_matrix_image(matrix, names))
+  )
   with open(paths['confusion_matrix'], 'wb') as f:
     f.write(confusion_png)
   accuracy = float(np.mean(predictions == labels))
-  summary = (f'{os.path.abspath(workdir)}, {split} split: accuracy {accuracy:.4f} over '
-             f'{len(labels)} examples; {sum(correct)} of the {len(correct)} shown are right.')
+  summary = (
+      f'{os.path.abspath(workdir)}, {split} split: accuracy {accuracy:.4f} over '
+      f'{len(labels)} examples; {sum(correct)} of the {len(correct)} shown are right.'
+  )
   with open(paths['html'], 'w', encoding='utf-8') as f:
-    f.write(html_page(f'ViViT predictions ({config.get("experiment_name", "")})', summary, gifs,
-                      captions, correct, confusion_png))
+    f.write(
+        html_page(
+            f'ViViT predictions ({config.get("experiment_name", "")})',
+            summary,
+            gifs,
+            captions,
+            correct,
+            confusion_png,
+        )
+    )
   return paths
 
 
@@ -234,17 +304,27 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:
-    paths = write_report(FLAGS.workdir, FLAGS.split, FLAGS.num_samples, FLAGS.out)
+    paths = write_report(
+        FLAGS.workdir, FLAGS.split, FLAGS.num_samples, FLAGS.out
+    )
   except (ValueError, FileNotFoundError) as error:
     sys.exit(f'error: {error}')
-  print(f'wrote {paths["html"]}, {paths["grid"]}, {paths["confusion_matrix"]} and '
-        f'{len(paths["gifs"])} GIFs')
+  print(
+      f'wrote {paths["html"]}, {paths["grid"]}, {paths["confusion_matrix"]} and '
+      f'{len(paths["gifs"])} GIFs'
+  )
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('workdir', None, 'Training workdir (config.json and checkpoints/).')
-  flags.DEFINE_enum('split', 'test', ['train', 'validation', 'test'], 'Split to predict.')
-  flags.DEFINE_integer('num_samples', 25, 'Examples to animate and caption (the first ones).')
+  flags.DEFINE_string(
+      'workdir', None, 'Training workdir (config.json and checkpoints/).'
+  )
+  flags.DEFINE_enum(
+      'split', 'test', ['train', 'validation', 'test'], 'Split to predict.'
+  )
+  flags.DEFINE_integer(
+      'num_samples', 25, 'Examples to animate and caption (the first ones).'
+  )
   flags.DEFINE_string('out', None, 'Output folder (default <workdir>/report).')
   flags.mark_flags_as_required(['workdir'])
   app.run(main)

@@ -41,20 +41,29 @@ from ml_collections import config_flags
 
 from vivit_flax import config_validation, trainer
 
-MAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'main.py')
+MAIN = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'main.py'
+)
 DEFAULT_METRICS = ('test.accuracy', 'test.auc')
 # The errors main.py reports as bad input or a diverged run; a sweep records them and goes on.
-POINT_ERRORS = (ValueError, FileNotFoundError, ConnectionError, FloatingPointError)
+POINT_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    ConnectionError,
+    FloatingPointError,
+)
 
 
 def _config_key(key: str) -> str:
-  return key[len('config.'):] if key.startswith('config.') else key
+  return key[len('config.') :] if key.startswith('config.') else key
 
 
 def _merge(a: dict, b: dict) -> dict:
   both = set(a) & set(b)
   if both:
-    raise ValueError(f'Sweep key {sorted(both)[0]!r} is set twice in one point.')
+    raise ValueError(
+        f'Sweep key {sorted(both)[0]!r} is set twice in one point.'
+    )
   return {**a, **b}
 
 
@@ -81,7 +90,9 @@ class Hyper:
   def zipit(sweeps: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Point i of every sweep merged into point i; the sweeps must be equally long."""
     if len({len(sweep) for sweep in sweeps}) > 1:
-      raise ValueError(f'hyper.zipit needs sweeps of one length; got {[len(s) for s in sweeps]}.')
+      raise ValueError(
+          f'hyper.zipit needs sweeps of one length; got {[len(s) for s in sweeps]}.'
+      )
     return [functools.reduce(_merge, group, {}) for group in zip(*sweeps)]
 
 
@@ -94,38 +105,54 @@ def _load_module(config_path: str):
   return module
 
 
-def load_sweep(config_path: str) -> tuple[ml_collections.ConfigDict, list[dict[str, Any]]]:
+def load_sweep(
+    config_path: str,
+) -> tuple[ml_collections.ConfigDict, list[dict[str, Any]]]:
   """The base config (`get_config()`) and the points (`get_hyper(Hyper())`, keys without the
   'config.' prefix) of the sweep config file at `config_path`."""
   if not os.path.exists(config_path):
     raise FileNotFoundError(f'The sweep config {config_path} does not exist.')
   module = _load_module(config_path)
   if not hasattr(module, 'get_hyper'):
-    raise ValueError(f'{config_path} defines no get_hyper(hyper), so there is nothing to sweep.')
-  points = [{_config_key(k): v for k, v in point.items()} for point in module.get_hyper(Hyper())]
+    raise ValueError(
+        f'{config_path} defines no get_hyper(hyper), so there is nothing to sweep.'
+    )
+  points = [
+      {_config_key(k): v for k, v in point.items()}
+      for point in module.get_hyper(Hyper())
+  ]
   if not points:
     raise ValueError(f'get_hyper of {config_path} returned no points.')
   return module.get_config(), points
 
 
-def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: dict[str, Any]
+) -> ml_collections.ConfigDict:
   """A copy of `config` with each dotted key of `overrides` set; every key must exist."""
   config = copy.deepcopy(config)
   for key, value in overrides.items():
     node, parts = config, key.split('.')
     for i, part in enumerate(parts):
       if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-        known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        known = (
+            list(node.keys())
+            if isinstance(node, ml_collections.ConfigDict)
+            else []
+        )
         close = difflib.get_close_matches(part, known, n=1)
         hint = f' Did you mean {".".join(parts[:i] + close)}?' if close else ''
-        raise ValueError(f'Sweep key config.{key} is not in the base config.{hint}')
+        raise ValueError(
+            f'Sweep key config.{key} is not in the base config.{hint}'
+        )
       if i < len(parts) - 1:
         node = node[part]
     try:
       node[parts[-1]] = value
     except TypeError as error:
-      raise ValueError(f'Sweep value config.{key}={value!r}: {error}') from error
+      raise ValueError(
+          f'Sweep value config.{key}={value!r}: {error}'
+      ) from error
   return config
 
 
@@ -140,10 +167,14 @@ def point_name(point: dict[str, Any]) -> str:
   key shortened to its last part unless two keys of the point share it, characters other than
   letters, digits and '._=+,-' replaced by '_'; 'base' for no overrides."""
   last = [key.rsplit('.', 1)[-1] for key in point]
-  parts = [f'{short if last.count(short) == 1 else key}={_name_value(value)}'
-           for short, (key, value) in zip(last, point.items())]
+  parts = [
+      f'{short if last.count(short) == 1 else key}={_name_value(value)}'
+      for short, (key, value) in zip(last, point.items())
+  ]
   name = re.sub(r'[^A-Za-z0-9._=+,-]', '_', ','.join(parts)) or 'base'
-  if len(name) > 200:  # File systems allow 255 bytes; keep it unique with a digest.
+  if (
+      len(name) > 200
+  ):  # File systems allow 255 bytes; keep it unique with a digest.
     name = f'{name[:180]}-{hashlib.md5(name.encode()).hexdigest()[:8]}'
   return name
 
@@ -151,18 +182,28 @@ def point_name(point: dict[str, Any]) -> str:
 def _flag_value(key: str, value: Any) -> str:
   """`value` as main.py's `--config.<key>=` flag parses it back."""
   if value is None:
-    raise ValueError(f'config.{key}=None cannot be passed as a main.py flag; run the sweep with '
-                     '--parallel=0 (in this process) instead.')
+    raise ValueError(
+        f'config.{key}=None cannot be passed as a main.py flag; run the sweep with '
+        '--parallel=0 (in this process) instead.'
+    )
   if isinstance(value, (tuple, list)):
     return repr(tuple(value))
   return str(value)
 
 
-def main_command(config_path: str, workdir: str, overrides: dict[str, Any]) -> list[str]:
+def main_command(
+    config_path: str, workdir: str, overrides: dict[str, Any]
+) -> list[str]:
   """The `python main.py` command line that trains `config_path` with `overrides` in `workdir`."""
-  return [sys.executable, MAIN, f'--config={os.path.abspath(config_path)}',
-          f'--workdir={os.path.abspath(workdir)}'] + [
-              f'--config.{key}={_flag_value(key, value)}' for key, value in overrides.items()]
+  return [
+      sys.executable,
+      MAIN,
+      f'--config={os.path.abspath(config_path)}',
+      f'--workdir={os.path.abspath(workdir)}',
+  ] + [
+      f'--config.{key}={_flag_value(key, value)}'
+      for key, value in overrides.items()
+  ]
 
 
 def _finished(workdir: str) -> bool:
@@ -180,13 +221,21 @@ def _train_in_process(config: ml_collections.ConfigDict, workdir: str) -> str:
   return 'preempted' if 'preempted_at_step' in results else 'done'
 
 
-def _train_in_subprocess(command: list[str], workdir: str, env: dict[str, str]) -> str:
+def _train_in_subprocess(
+    command: list[str], workdir: str, env: dict[str, str]
+) -> str:
   """Runs one point's main.py command, logging to <workdir>/log.txt; returns its status."""
   os.makedirs(workdir, exist_ok=True)
   log_path = os.path.join(workdir, 'log.txt')
   with open(log_path, 'w') as log:
-    returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=os.path.dirname(MAIN), check=False).returncode
+    returncode = subprocess.run(
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=os.path.dirname(MAIN),
+        check=False,
+    ).returncode
   if returncode:
     return f'failed: main.py exited with {returncode}; see {log_path}'
   return 'done' if _finished(workdir) else 'preempted'
@@ -201,19 +250,31 @@ def _metric(results: dict[str, Any], path: str) -> Any:
   return node
 
 
-def _row(name: str, point: dict[str, Any], workdir: str, status: str,
-         metrics: Sequence[str]) -> dict[str, Any]:
+def _row(
+    name: str,
+    point: dict[str, Any],
+    workdir: str,
+    status: str,
+    metrics: Sequence[str],
+) -> dict[str, Any]:
   results = {}
   if _finished(workdir):
     with open(os.path.join(workdir, 'results.json')) as f:
       results = json.load(f)
-  return {'name': name, **point, **{m: _metric(results, m) for m in metrics}, 'status': status}
+  return {
+      'name': name,
+      **point,
+      **{m: _metric(results, m) for m in metrics},
+      'status': status,
+  }
 
 
 def write_tables(rows: list[dict[str, Any]], workdir: str) -> tuple[str, str]:
   """Writes the rows as `<workdir>/results.csv` and `<workdir>/results.md`; returns both paths."""
   columns = list(dict.fromkeys(key for row in rows for key in row))
-  csv_path, md_path = os.path.join(workdir, 'results.csv'), os.path.join(workdir, 'results.md')
+  csv_path, md_path = os.path.join(workdir, 'results.csv'), os.path.join(
+      workdir, 'results.md'
+  )
   with open(csv_path, 'w', newline='') as f:
     writer = csv.DictWriter(f, columns)
     writer.writeheader()
@@ -226,15 +287,23 @@ def write_tables(rows: list[dict[str, Any]], workdir: str) -> tuple[str, str]:
     return text.replace('|', '\\|')
 
   lines = ['| ' + ' | '.join(columns) + ' |', '|' + ' --- |' * len(columns)]
-  lines += ['| ' + ' | '.join(cell(row.get(c)) for c in columns) + ' |' for row in rows]
+  lines += [
+      '| ' + ' | '.join(cell(row.get(c)) for c in columns) + ' |'
+      for row in rows
+  ]
   with open(md_path, 'w') as f:
     f.write('\n'.join(lines) + '\n')
   return csv_path, md_path
 
 
-def run_sweep(config_path: str, workdir: str, *, overrides: dict[str, Any] | None = None,
-              parallel: int = 0,
-              metrics: Sequence[str] = DEFAULT_METRICS) -> list[dict[str, Any]]:
+def run_sweep(
+    config_path: str,
+    workdir: str,
+    *,
+    overrides: dict[str, Any] | None = None,
+    parallel: int = 0,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+) -> list[dict[str, Any]]:
   """Trains every unfinished point of the sweep in `config_path` and writes the tables.
 
   Args:
@@ -255,8 +324,10 @@ def run_sweep(config_path: str, workdir: str, *, overrides: dict[str, Any] | Non
   names = [point_name(point) for point in points]
   if len(set(names)) < len(names):
     twice = sorted({n for n in names if names.count(n) > 1})[0]
-    raise ValueError(f'Two sweep points share the sub-workdir name {twice!r}; make their values '
-                     'differ in letters or digits.')
+    raise ValueError(
+        f'Two sweep points share the sub-workdir name {twice!r}; make their values '
+        'differ in letters or digits.'
+    )
   configs = [apply_overrides(base, {**overrides, **point}) for point in points]
   for name, config in zip(names, configs):
     try:
@@ -267,10 +338,19 @@ def run_sweep(config_path: str, workdir: str, *, overrides: dict[str, Any] | Non
   workdirs = [os.path.join(workdir, name) for name in names]
   statuses = ['skipped' if _finished(w) else None for w in workdirs]
   todo = [i for i, status in enumerate(statuses) if status is None]
-  logging.info('Sweep of %d points in %s: %d finished already, %d to train.', len(points),
-               workdir, len(points) - len(todo), len(todo))
-  progress = tqdm.tqdm(total=len(points), initial=len(points) - len(todo), desc='sweep',
-                       unit='point')
+  logging.info(
+      'Sweep of %d points in %s: %d finished already, %d to train.',
+      len(points),
+      workdir,
+      len(points) - len(todo),
+      len(todo),
+  )
+  progress = tqdm.tqdm(
+      total=len(points),
+      initial=len(points) - len(todo),
+      desc='sweep',
+      unit='point',
+  )
   if parallel <= 0:
     for i in todo:
       progress.set_postfix_str(names[i])
@@ -280,14 +360,23 @@ def run_sweep(config_path: str, workdir: str, *, overrides: dict[str, Any] | Non
     env = dict(os.environ)
     if parallel > 1:
       env.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
-    commands = {i: main_command(config_path, workdirs[i], {**overrides, **points[i]}) for i in todo}
+    commands = {
+        i: main_command(config_path, workdirs[i], {**overrides, **points[i]})
+        for i in todo
+    }
     with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
-      futures = {pool.submit(_train_in_subprocess, commands[i], workdirs[i], env): i for i in todo}
+      futures = {
+          pool.submit(_train_in_subprocess, commands[i], workdirs[i], env): i
+          for i in todo
+      }
       for future in concurrent.futures.as_completed(futures):
         statuses[futures[future]] = future.result()
         progress.update()
   progress.close()
-  rows = [_row(n, p, w, s, metrics) for n, p, w, s in zip(names, points, workdirs, statuses)]
+  rows = [
+      _row(n, p, w, s, metrics)
+      for n, p, w, s in zip(names, points, workdirs, statuses)
+  ]
   write_tables(rows, workdir)
   return rows
 
@@ -299,25 +388,46 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:
-    rows = run_sweep(config_flags.get_config_filename(FLAGS['config']), FLAGS.workdir,
-                     overrides=config_flags.get_override_values(FLAGS['config']),
-                     parallel=FLAGS.parallel, metrics=FLAGS.metrics)
+    rows = run_sweep(
+        config_flags.get_config_filename(FLAGS['config']),
+        FLAGS.workdir,
+        overrides=config_flags.get_override_values(FLAGS['config']),
+        parallel=FLAGS.parallel,
+        metrics=FLAGS.metrics,
+    )
   except (ValueError, FileNotFoundError) as error:
     sys.exit(f'error: {error}')
   with open(os.path.join(FLAGS.workdir, 'results.md')) as f:
     print(f.read())
   failed = [row['name'] for row in rows if row['status'].startswith('failed')]
   if failed:
-    sys.exit(f'error: {len(failed)} sweep point(s) failed: {", ".join(failed)}.')
+    sys.exit(
+        f'error: {len(failed)} sweep point(s) failed: {", ".join(failed)}.'
+    )
 
 
 if __name__ == '__main__':
-  config_flags.DEFINE_config_file('config', None, 'Sweep config file: get_config() and '
-                                  'get_hyper(hyper).', lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Sweep folder: one sub-workdir per point, and the tables.')
-  flags.DEFINE_integer('parallel', 0, '0: train the points one after another in this process; '
-                       'N: run N main.py processes at a time.')
-  flags.DEFINE_list('metrics', list(DEFAULT_METRICS), 'Dotted paths into results.json to '
-                    'tabulate.')
+  config_flags.DEFINE_config_file(
+      'config',
+      None,
+      'Sweep config file: get_config() and ' 'get_hyper(hyper).',
+      lock_config=True,
+  )
+  flags.DEFINE_string(
+      'workdir',
+      None,
+      'Sweep folder: one sub-workdir per point, and the tables.',
+  )
+  flags.DEFINE_integer(
+      'parallel',
+      0,
+      '0: train the points one after another in this process; '
+      'N: run N main.py processes at a time.',
+  )
+  flags.DEFINE_list(
+      'metrics',
+      list(DEFAULT_METRICS),
+      'Dotted paths into results.json to ' 'tabulate.',
+  )
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

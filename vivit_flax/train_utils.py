@@ -30,7 +30,9 @@ AXIS_NAME = model.AXIS_NAME
 
 class TrainState(flax_train_state.TrainState):
   """Flax train state plus the base RNG from which per-step, per-device keys are folded, and
-  the exponential moving average of the parameters (None unless config.ema_decay is set)."""
+  the exponential moving average of the parameters (None unless config.ema_decay is set).
+  """
+
   rng: jnp.ndarray
   ema_params: Any = None
 
@@ -40,15 +42,18 @@ class TrainState(flax_train_state.TrainState):
     return self.params if self.ema_params is None else self.ema_params
 
 
-def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+def total_train_steps(
+    config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> int:
   """`config.num_training_steps` when set, else epochs times steps per epoch."""
   if config.get('num_training_steps'):
     return int(config.num_training_steps)
   return int(config.num_training_epochs) * steps_per_epoch
 
 
-def create_learning_rate_fn(config: ml_collections.ConfigDict,
-                            total_steps: int) -> Callable[[jnp.ndarray], jnp.ndarray]:
+def create_learning_rate_fn(
+    config: ml_collections.ConfigDict, total_steps: int
+) -> Callable[[jnp.ndarray], jnp.ndarray]:
   """Scenic's compound schedule: the product of the factors named in `lr_configs.factors`.
 
   Factors: `constant` (base_learning_rate), `linear_warmup` (over warmup_steps),
@@ -59,17 +64,28 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
   lr_configs = config.lr_configs
   if lr_configs.get('learning_rate_schedule', 'compound') != 'compound':
     raise ValueError(
-        f"lr_configs.learning_rate_schedule={lr_configs.learning_rate_schedule!r} is not "
-        "supported: use 'compound' and name the factors in lr_configs.factors.")
-  factors = [name.strip() for name in lr_configs.get('factors', 'constant').split('*')]
+        f'lr_configs.learning_rate_schedule={lr_configs.learning_rate_schedule!r} is not '
+        "supported: use 'compound' and name the factors in lr_configs.factors."
+    )
+  factors = [
+      name.strip() for name in lr_configs.get('factors', 'constant').split('*')
+  ]
   base_lr = float(lr_configs.base_learning_rate)
   warmup_steps = int(lr_configs.get('warmup_steps') or 0)
   steps_per_cycle = int(lr_configs.get('steps_per_cycle') or total_steps)
-  known = ('constant', 'linear_warmup', 'cosine_decay', 'linear_decay', 'rsqrt_decay')
+  known = (
+      'constant',
+      'linear_warmup',
+      'cosine_decay',
+      'linear_decay',
+      'rsqrt_decay',
+  )
   for name in factors:
     if name not in known:
-      raise ValueError(f'Unknown learning-rate factor {name!r} in lr_configs.factors; '
-                       f'known factors: {", ".join(known)}.')
+      raise ValueError(
+          f'Unknown learning-rate factor {name!r} in lr_configs.factors; '
+          f'known factors: {", ".join(known)}.'
+      )
 
   def learning_rate(step):
     step = jnp.asarray(step, jnp.float32)
@@ -80,10 +96,14 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
       elif name == 'linear_warmup' and warmup_steps > 0:
         ratio *= jnp.minimum(1.0, step / warmup_steps)
       elif name == 'cosine_decay':
-        progress = jnp.maximum(0.0, (step - warmup_steps) / max(steps_per_cycle - warmup_steps, 1))
+        progress = jnp.maximum(
+            0.0, (step - warmup_steps) / max(steps_per_cycle - warmup_steps, 1)
+        )
         ratio *= 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(progress, 1.0)))
       elif name == 'linear_decay':
-        progress = jnp.maximum(0.0, (step - warmup_steps) / max(steps_per_cycle - warmup_steps, 1))
+        progress = jnp.maximum(
+            0.0, (step - warmup_steps) / max(steps_per_cycle - warmup_steps, 1)
+        )
         ratio *= jnp.maximum(0.0, 1.0 - progress)
       elif name == 'rsqrt_decay':
         ratio *= jax.lax.rsqrt(jnp.maximum(step, max(warmup_steps, 1)))
@@ -92,43 +112,71 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
   return learning_rate
 
 
-def create_optimizer(config: ml_collections.ConfigDict,
-                     learning_rate_fn: Callable) -> optax.GradientTransformation:
+def create_optimizer(
+    config: ml_collections.ConfigDict, learning_rate_fn: Callable
+) -> optax.GradientTransformation:
   """The optax optimizer named by `config.optimizer`, with global-norm clipping when set."""
   opt = config.get('optimizer_configs') or ml_collections.ConfigDict()
   name = config.optimizer
   if name == 'adam':
-    tx = optax.adam(learning_rate_fn, b1=opt.get('beta1', 0.9), b2=opt.get('beta2', 0.999),
-                    eps=opt.get('epsilon', 1e-8))
+    tx = optax.adam(
+        learning_rate_fn,
+        b1=opt.get('beta1', 0.9),
+        b2=opt.get('beta2', 0.999),
+        eps=opt.get('epsilon', 1e-8),
+    )
   elif name == 'adamw':
-    tx = optax.adamw(learning_rate_fn, b1=opt.get('beta1', 0.9), b2=opt.get('beta2', 0.999),
-                     eps=opt.get('epsilon', 1e-8), weight_decay=opt.get('weight_decay', 1e-4))
+    tx = optax.adamw(
+        learning_rate_fn,
+        b1=opt.get('beta1', 0.9),
+        b2=opt.get('beta2', 0.999),
+        eps=opt.get('epsilon', 1e-8),
+        weight_decay=opt.get('weight_decay', 1e-4),
+    )
   elif name == 'momentum':
-    tx = optax.sgd(learning_rate_fn, momentum=opt.get('momentum', 0.9),
-                   nesterov=opt.get('nesterov', False))
+    tx = optax.sgd(
+        learning_rate_fn,
+        momentum=opt.get('momentum', 0.9),
+        nesterov=opt.get('nesterov', False),
+    )
   else:
-    raise ValueError(f"Unknown optimizer {name!r}: use 'adam', 'adamw' or 'momentum'.")
+    raise ValueError(
+        f"Unknown optimizer {name!r}: use 'adam', 'adamw' or 'momentum'."
+    )
   if config.get('max_grad_norm'):
     tx = optax.chain(optax.clip_by_global_norm(float(config.max_grad_norm)), tx)
   return tx
 
 
-def initialize_params(flax_model, input_shape: tuple[int, ...], rng: jnp.ndarray,
-                      dtype=jnp.float32) -> Any:
+def initialize_params(
+    flax_model,
+    input_shape: tuple[int, ...],
+    rng: jnp.ndarray,
+    dtype=jnp.float32,
+) -> Any:
   """Parameters of `flax_model` for inputs of `input_shape` (batch dimension -1 or any)."""
   dummy = jnp.zeros((1,) + tuple(input_shape[1:]), dtype)
   init = jax.jit(functools.partial(flax_model.init, train=False))
   return flax.core.unfreeze(init({'params': rng}, dummy)['params'])
 
 
-def create_train_state(flax_model, input_shape, config: ml_collections.ConfigDict,
-                       learning_rate_fn: Callable, rng: jnp.ndarray) -> TrainState:
+def create_train_state(
+    flax_model,
+    input_shape,
+    config: ml_collections.ConfigDict,
+    learning_rate_fn: Callable,
+    rng: jnp.ndarray,
+) -> TrainState:
   """A fresh TrainState: initialised parameters, optimizer state, and a base RNG."""
   init_rng, train_rng = jax.random.split(rng)
   params = initialize_params(flax_model, input_shape, init_rng)
-  state = TrainState.create(apply_fn=flax_model.apply, params=params,
-                            tx=create_optimizer(config, learning_rate_fn), rng=train_rng,
-                            ema_params=params if config.get('ema_decay') is not None else None)
+  state = TrainState.create(
+      apply_fn=flax_model.apply,
+      params=params,
+      tx=create_optimizer(config, learning_rate_fn),
+      rng=train_rng,
+      ema_params=params if config.get('ema_decay') is not None else None,
+  )
   # A strongly typed step, as the train step returns it, so the second step does not recompile.
   return state.replace(step=jnp.zeros([], jnp.int32))
 
@@ -144,9 +192,15 @@ def ema_decay_at(decay: float, num_updates: jnp.ndarray) -> jnp.ndarray:
   return jnp.minimum(decay, (1.0 + n) / (10.0 + n))
 
 
-def train_step(state: TrainState, batch: Batch, *, loss_fn: Callable, metrics_fn: Callable,
-               learning_rate_fn: Callable,
-               ema_decay: float | None = None) -> tuple[TrainState, Metrics]:
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    loss_fn: Callable,
+    metrics_fn: Callable,
+    learning_rate_fn: Callable,
+    ema_decay: float | None = None,
+) -> tuple[TrainState, Metrics]:
   """One data-parallel optimisation step on this device's shard of the global batch.
 
   Dropout and stochastic-depth keys are folded from the state's RNG by step and device
@@ -158,25 +212,38 @@ def train_step(state: TrainState, batch: Batch, *, loss_fn: Callable, metrics_fn
   dropout_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(AXIS_NAME))
 
   def compute_loss(params):
-    logits = state.apply_fn({'params': params}, batch['inputs'], train=True,
-                            rngs={'dropout': dropout_rng})
+    logits = state.apply_fn(
+        {'params': params},
+        batch['inputs'],
+        train=True,
+        rngs={'dropout': dropout_rng},
+    )
     return loss_fn(logits, batch, params), logits
 
-  (_, logits), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+  (_, logits), grads = jax.value_and_grad(compute_loss, has_aux=True)(
+      state.params
+  )
   grads = jax.lax.pmean(grads, axis_name=AXIS_NAME)
   new_state = state.apply_gradients(grads=grads)
   if ema_decay is not None:
     decay = ema_decay_at(ema_decay, new_state.step)
-    new_state = new_state.replace(ema_params=optax.incremental_update(
-        new_state.params, state.ema_params, step_size=1.0 - decay))
+    new_state = new_state.replace(
+        ema_params=optax.incremental_update(
+            new_state.params, state.ema_params, step_size=1.0 - decay
+        )
+    )
   metrics = metrics_fn(logits, batch)
   metrics['learning_rate'] = (learning_rate_fn(state.step), jnp.ones([]))
   metrics['grad_norm'] = (optax.tree.norm(grads), jnp.ones([]))
   return new_state, metrics
 
 
-def predict(apply_fn: Callable, params: Any, inputs: jnp.ndarray,
-            flip_axes: Sequence[int] = ()) -> tuple[jnp.ndarray, jnp.ndarray]:
+def predict(
+    apply_fn: Callable,
+    params: Any,
+    inputs: jnp.ndarray,
+    flip_axes: Sequence[int] = (),
+) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Logits and float32 class probabilities of `inputs` [N, T, H, W, C].
 
   With `flip_axes` (volume axes: 0 depth, 1 height, 2 width), test-time augmentation: the
@@ -192,14 +259,24 @@ def predict(apply_fn: Callable, params: Any, inputs: jnp.ndarray,
   for subset in itertools.product((False, True), repeat=len(flip_axes)):
     axes = tuple(1 + a for a, flip in zip(flip_axes, subset) if flip)
     x = jnp.flip(inputs, axis=axes) if axes else inputs
-    p = jax.nn.softmax(apply_fn({'params': params}, x, train=False).astype(jnp.float32))
+    p = jax.nn.softmax(
+        apply_fn({'params': params}, x, train=False).astype(jnp.float32)
+    )
     total = p if total is None else total + p
   probabilities = total / (2 ** len(flip_axes))
-  return jnp.log(jnp.maximum(probabilities, jnp.finfo(jnp.float32).tiny)), probabilities
+  return (
+      jnp.log(jnp.maximum(probabilities, jnp.finfo(jnp.float32).tiny)),
+      probabilities,
+  )
 
 
-def eval_step(state: TrainState, batch: Batch, *, metrics_fn: Callable,
-              tta_flip_axes: Sequence[int] = ()) -> tuple[Metrics, dict[str, jnp.ndarray]]:
+def eval_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    metrics_fn: Callable,
+    tta_flip_axes: Sequence[int] = (),
+) -> tuple[Metrics, dict[str, jnp.ndarray]]:
   """Summed, weighted metrics of one evaluation batch, and every device's predictions.
 
   Predicts with `state.eval_params` (the moving average when kept) through `predict`
@@ -207,11 +284,14 @@ def eval_step(state: TrainState, batch: Batch, *, metrics_fn: Callable,
   gathered over all devices of all processes, so each host can compute dataset-level
   scores such as AUC.
   """
-  logits, probabilities = predict(state.apply_fn, state.eval_params, batch['inputs'],
-                                  tta_flip_axes)
-  outputs = {'probabilities': probabilities,
-             'labels': jnp.argmax(batch['label'], axis=-1),
-             'batch_mask': batch['batch_mask']}
+  logits, probabilities = predict(
+      state.apply_fn, state.eval_params, batch['inputs'], tta_flip_axes
+  )
+  outputs = {
+      'probabilities': probabilities,
+      'labels': jnp.argmax(batch['label'], axis=-1),
+      'batch_mask': batch['batch_mask'],
+  }
   return metrics_fn(logits, batch), jax.lax.all_gather(outputs, AXIS_NAME)
 
 
@@ -222,8 +302,9 @@ def replicate(tree):
   so the second train step hits the first one's compilation instead of compiling again.
   """
   n = jax.local_device_count()
-  stacked = jax.tree_util.tree_map(lambda x: np.broadcast_to(x, (n,) + np.shape(x)),
-                                   jax.device_get(tree))
+  stacked = jax.tree_util.tree_map(
+      lambda x: np.broadcast_to(x, (n,) + np.shape(x)), jax.device_get(tree)
+  )
   return jax.pmap(lambda x: x, axis_name=AXIS_NAME)(stacked)
 
 

@@ -42,7 +42,9 @@ class PreemptionGuard:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    logging.warning('SIGTERM received: checkpointing at the end of this step, then exiting.')
+    logging.warning(
+        'SIGTERM received: checkpointing at the end of this step, then exiting.'
+    )
     self._signalled = True
 
   def reached(self, step: int) -> bool:
@@ -53,12 +55,16 @@ class PreemptionGuard:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _first_nonfinite(metrics_list, first_step: int) -> tuple[int, str, float] | None:
+def _first_nonfinite(
+    metrics_list, first_step: int
+) -> tuple[int, str, float] | None:
   """(step, name, value) of the first step in `metrics_list` whose loss or gradient norm is
   NaN or infinite. A non-finite gradient makes the parameters of that same step non-finite,
   before any loss shows it."""
   names = ('loss', 'grad_norm')
-  host = jax.device_get([{name: m[name] for name in names} for m in metrics_list])
+  host = jax.device_get(
+      [{name: m[name] for name in names} for m in metrics_list]
+  )
   for offset, metrics in enumerate(host):
     for name in names:
       value = metrics[name][0][0] / metrics[name][1][0]
@@ -77,33 +83,59 @@ class Trainer:
     self.dataset = datasets.get_dataset(config)
     self.meta = self.dataset.meta_data
     self.model = model.get_model_cls(config.model_name)(config, self.meta)
-    self.total_steps = train_utils.total_train_steps(config, self.dataset.steps_per_epoch)
-    self.learning_rate_fn = train_utils.create_learning_rate_fn(config, self.total_steps)
+    self.total_steps = train_utils.total_train_steps(
+        config, self.dataset.steps_per_epoch
+    )
+    self.learning_rate_fn = train_utils.create_learning_rate_fn(
+        config, self.total_steps
+    )
     self.log_summary_steps = int(config.get('log_summary_steps') or 50)
-    self.log_eval_steps = int(config.get('log_eval_steps') or self.dataset.steps_per_epoch)
-    self.checkpoint_steps = int(config.get('checkpoint_steps') or self.log_eval_steps)
+    self.log_eval_steps = int(
+        config.get('log_eval_steps') or self.dataset.steps_per_epoch
+    )
+    self.checkpoint_steps = int(
+        config.get('checkpoint_steps') or self.log_eval_steps
+    )
     self.p_train_step = jax.pmap(
-        functools.partial(train_utils.train_step, loss_fn=self.model.loss_function,
-                          metrics_fn=self.model.get_metrics_fn('train'),
-                          learning_rate_fn=self.learning_rate_fn,
-                          ema_decay=config.get('ema_decay')),
-        axis_name=train_utils.AXIS_NAME, donate_argnums=(0,))
+        functools.partial(
+            train_utils.train_step,
+            loss_fn=self.model.loss_function,
+            metrics_fn=self.model.get_metrics_fn('train'),
+            learning_rate_fn=self.learning_rate_fn,
+            ema_decay=config.get('ema_decay'),
+        ),
+        axis_name=train_utils.AXIS_NAME,
+        donate_argnums=(0,),
+    )
     self.p_eval_step = jax.pmap(
-        functools.partial(train_utils.eval_step,
-                          metrics_fn=self.model.get_metrics_fn('validation'),
-                          tta_flip_axes=tuple(config.get('tta_flip_axes') or ())),
-        axis_name=train_utils.AXIS_NAME)
+        functools.partial(
+            train_utils.eval_step,
+            metrics_fn=self.model.get_metrics_fn('validation'),
+            tta_flip_axes=tuple(config.get('tta_flip_axes') or ()),
+        ),
+        axis_name=train_utils.AXIS_NAME,
+    )
     self.writer = metric_writers.create_default_writer(
-        workdir, just_logging=not (self.is_chief and config.get('write_summary', True)))
-    self.manager = checkpoints.create_manager(workdir, config) if config.get(
-        'checkpoint', True) else None
+        workdir,
+        just_logging=not (self.is_chief and config.get('write_summary', True)),
+    )
+    self.manager = (
+        checkpoints.create_manager(workdir, config)
+        if config.get('checkpoint', True)
+        else None
+    )
     # Keras' ModelCheckpoint(save_best_only=True): the state of the best validation score.
     self.best_metric = config.get('best_checkpoint_metric')
     if self.best_metric and self.manager is None:
-      logging.warning('best_checkpoint_metric=%r is ignored: checkpoint=False.',
-                      self.best_metric)
-    self.best_manager = checkpoints.create_manager(workdir, config, best=True) if (
-        self.best_metric and self.manager is not None) else None
+      logging.warning(
+          'best_checkpoint_metric=%r is ignored: checkpoint=False.',
+          self.best_metric,
+      )
+    self.best_manager = (
+        checkpoints.create_manager(workdir, config, best=True)
+        if (self.best_metric and self.manager is not None)
+        else None
+    )
     self.best = None  # {'metric', 'value', 'step', 'validation'} of the best checkpoint so far.
 
   def checkpoint_metadata(self) -> dict[str, Any]:
@@ -113,41 +145,66 @@ class Trainer:
   def initial_state(self) -> train_utils.TrainState:
     """A fresh state, or the newest checkpoint's when the workdir has one."""
     state = train_utils.create_train_state(
-        self.model.flax_model, self.meta['input_shape'], self.config, self.learning_rate_fn,
-        jax.random.PRNGKey(self.config.rng_seed))
+        self.model.flax_model,
+        self.meta['input_shape'],
+        self.config,
+        self.learning_rate_fn,
+        jax.random.PRNGKey(self.config.rng_seed),
+    )
     if self.manager is not None:
       state = checkpoints.restore_latest(self.manager, state)
     if int(state.step) > 0:
-      logging.info('Resuming from the checkpoint of step %d in %s.', int(state.step), self.workdir)
+      logging.info(
+          'Resuming from the checkpoint of step %d in %s.',
+          int(state.step),
+          self.workdir,
+      )
     else:
       params = pretrained.apply_init_from(self.model, state.params)
-      state = state.replace(params=params,
-                            ema_params=None if state.ema_params is None else params)
+      state = state.replace(
+          params=params, ema_params=None if state.ema_params is None else params
+      )
       parameter_overview.log_parameter_overview(state.params)
     if self.best_manager is not None:
       metadata = checkpoints.restore_metadata(self.best_manager)
       self.best = None if metadata is None else metadata.get('best')
       if self.best is not None and self.best.get('metric') != self.best_metric:
-        logging.warning('The best checkpoint in %s was chosen by %r, this run by %r: it will be '
-                        'replaced by the first evaluation.', self.best_manager.directory,
-                        self.best.get('metric'), self.best_metric)
+        logging.warning(
+            'The best checkpoint in %s was chosen by %r, this run by %r: it will be '
+            'replaced by the first evaluation.',
+            self.best_manager.directory,
+            self.best.get('metric'),
+            self.best_metric,
+        )
         self.best = None
     write_config(self.config, self.workdir)
     return state
 
   def save(self, state) -> None:
     if self.manager is not None:
-      checkpoints.save(self.manager, train_utils.unreplicate(state), self.checkpoint_metadata())
+      checkpoints.save(
+          self.manager,
+          train_utils.unreplicate(state),
+          self.checkpoint_metadata(),
+      )
 
-  def evaluate(self, state, split: str, step: int,
-               prefix: str | None = None) -> tuple[dict[str, float], dict]:
+  def evaluate(
+      self, state, split: str, step: int, prefix: str | None = None
+  ) -> tuple[dict[str, float], dict]:
     """Scores of `split`, written to TensorBoard as `<prefix>_<metric>` (valid_, test_)."""
     results, predictions = evaluation.evaluate(
-        self.p_eval_step, state, input_pipeline.prefetch_to_device(
-            self.dataset.eval_iter(split), self.config.dataset_configs.get('prefetch_to_device', 2)),
-        task=self.meta['task'])
+        self.p_eval_step,
+        state,
+        input_pipeline.prefetch_to_device(
+            self.dataset.eval_iter(split),
+            self.config.dataset_configs.get('prefetch_to_device', 2),
+        ),
+        task=self.meta['task'],
+    )
     prefix = prefix or ('valid' if split == 'validation' else split)
-    self.writer.write_scalars(step, {f'{prefix}_{k}': v for k, v in results.items()})
+    self.writer.write_scalars(
+        step, {f'{prefix}_{k}': v for k, v in results.items()}
+    )
     return results, predictions
 
   def save_if_best(self, state, scores: dict[str, float], step: int) -> None:
@@ -156,22 +213,44 @@ class Trainer:
     if self.best_manager is None:
       return
     if self.best_metric not in scores:
-      raise ValueError(f'best_checkpoint_metric={self.best_metric!r} is not among the '
-                       f'validation scores: {", ".join(sorted(scores))}.')
+      raise ValueError(
+          f'best_checkpoint_metric={self.best_metric!r} is not among the '
+          f'validation scores: {", ".join(sorted(scores))}.'
+      )
     value = float(scores[self.best_metric])
     if not value > (float('-inf') if self.best is None else self.best['value']):
       return
-    self.best = {'metric': self.best_metric, 'value': value, 'step': step,
-                 'validation': dict(scores)}
-    logging.info('Best %s so far (%.6g) at step %d: saving it in %s.', self.best_metric, value,
-                 step, self.best_manager.directory)
-    for later in self.best_manager.all_steps():  # Orbax saves no step before its latest one.
-      if later >= step:  # A resumed run, with another config, improved on an earlier step.
+    self.best = {
+        'metric': self.best_metric,
+        'value': value,
+        'step': step,
+        'validation': dict(scores),
+    }
+    logging.info(
+        'Best %s so far (%.6g) at step %d: saving it in %s.',
+        self.best_metric,
+        value,
+        step,
+        self.best_manager.directory,
+    )
+    for (
+        later
+    ) in (
+        self.best_manager.all_steps()
+    ):  # Orbax saves no step before its latest one.
+      if (
+          later >= step
+      ):  # A resumed run, with another config, improved on an earlier step.
         self.best_manager.delete(later)
-    checkpoints.save(self.best_manager, train_utils.unreplicate(state),
-                     self.checkpoint_metadata() | {'best': self.best})
+    checkpoints.save(
+        self.best_manager,
+        train_utils.unreplicate(state),
+        self.checkpoint_metadata() | {'best': self.best},
+    )
 
-  def flush_train_metrics(self, metrics_list, first_step: int, step: int) -> None:
+  def flush_train_metrics(
+      self, metrics_list, first_step: int, step: int
+  ) -> None:
     """Writes the mean train metrics since the last flush; stops on a non-finite loss or gradient."""
     if not metrics_list:
       return
@@ -182,9 +261,12 @@ class Trainer:
           f'The training {"loss" if name == "loss" else "gradient norm"} is {value} at step '
           f'{bad_step}. The run stopped without writing a checkpoint of this state; the last good '
           'checkpoint is kept. Lower lr_configs.base_learning_rate, set max_grad_norm, or use '
-          'model_dtype_str=float32; set stop_on_nan=False to train on regardless.')
+          'model_dtype_str=float32; set stop_on_nan=False to train on regardless.'
+      )
     summary = train_utils.summarize_metrics(metrics_list)
-    self.writer.write_scalars(step, {f'train_{k}': v for k, v in summary.items()})
+    self.writer.write_scalars(
+        step, {f'train_{k}': v for k, v in summary.items()}
+    )
 
   def run(self) -> dict[str, Any]:
     config = self.config
@@ -192,13 +274,21 @@ class Trainer:
     start_step = int(state.step)
     state = train_utils.replicate(state)
     guard = PreemptionGuard(self.manager) if self.manager is not None else None
-    report = periodic_actions.ReportProgress(num_train_steps=self.total_steps, writer=self.writer,
-                                             every_secs=10.0)
+    report = periodic_actions.ReportProgress(
+        num_train_steps=self.total_steps, writer=self.writer, every_secs=10.0
+    )
     train_iter = input_pipeline.prefetch_to_device(
-        self.dataset.train_iter(start_step), config.dataset_configs.get('prefetch_to_device', 2))
-    logging.info('Training steps %d..%d (%d per epoch) on %d devices (%d processes).',
-                 start_step + 1, self.total_steps, self.dataset.steps_per_epoch,
-                 jax.device_count(), jax.process_count())
+        self.dataset.train_iter(start_step),
+        config.dataset_configs.get('prefetch_to_device', 2),
+    )
+    logging.info(
+        'Training steps %d..%d (%d per epoch) on %d devices (%d processes).',
+        start_step + 1,
+        self.total_steps,
+        self.dataset.steps_per_epoch,
+        jax.device_count(),
+        jax.process_count(),
+    )
     start_time = time.time()
     metrics_list, first_step = [], start_step + 1
     try:
@@ -209,8 +299,12 @@ class Trainer:
         report(step)
         preempted = guard is not None and guard.reached(step)
         last = step == self.total_steps
-        if step % self.log_summary_steps == 0 or last or preempted or (
-            step % self.checkpoint_steps == 0):
+        if (
+            step % self.log_summary_steps == 0
+            or last
+            or preempted
+            or (step % self.checkpoint_steps == 0)
+        ):
           self.flush_train_metrics(metrics_list, first_step, step)
           metrics_list, first_step = [], step + 1
         if step % self.log_eval_steps == 0 and not last:
@@ -224,8 +318,12 @@ class Trainer:
           self.manager.wait_until_finished()
           if self.best_manager is not None:
             self.best_manager.wait_until_finished()
-          logging.warning('Preempted: checkpoint of step %d saved in %s; rerun the same command '
-                          'to resume.', step, self.workdir)
+          logging.warning(
+              'Preempted: checkpoint of step %d saved in %s; rerun the same command '
+              'to resume.',
+              step,
+              self.workdir,
+          )
           return {'preempted_at_step': step}
     finally:
       for manager in (self.manager, self.best_manager):
@@ -242,26 +340,38 @@ class Trainer:
     With best_checkpoint_metric, the final validation may also make the final state the best;
     'best' then holds the step, validation and test scores of the best checkpoint.
     """
-    results = {'dataset': self.meta['dataset_name'], 'data_file': self.meta.get('data_file'),
-               'steps': self.total_steps, 'train_seconds': train_seconds,
-               'num_devices': jax.device_count()}
+    results = {
+        'dataset': self.meta['dataset_name'],
+        'data_file': self.meta.get('data_file'),
+        'steps': self.total_steps,
+        'train_seconds': train_seconds,
+        'num_devices': jax.device_count(),
+    }
     for split in ('validation', 'test'):
       scores, predictions = self.evaluate(state, split, self.total_steps)
       results[split] = scores
       if split == 'validation':
         self.save_if_best(state, scores, self.total_steps)
-      matrix_image = evaluation.confusion_matrix_image(predictions['confusion_matrix'],
-                                                       self.meta['label_names'])
-      self.writer.write_images(self.total_steps, {f'{split}_confusion_matrix': matrix_image[None]})
+      matrix_image = evaluation.confusion_matrix_image(
+          predictions['confusion_matrix'], self.meta['label_names']
+      )
+      self.writer.write_images(
+          self.total_steps, {f'{split}_confusion_matrix': matrix_image[None]}
+      )
       logging.info('%s: %s', split, json.dumps(scores))
     if self.best_manager is not None:
       results['best'] = self.best_results(state, results['test'])
     if self.is_chief:
-      _write_atomic(os.path.join(self.workdir, 'results.json'), json.dumps(results, indent=2))
+      _write_atomic(
+          os.path.join(self.workdir, 'results.json'),
+          json.dumps(results, indent=2),
+      )
     self.writer.flush()
     return results
 
-  def best_results(self, state, final_test: dict[str, float]) -> dict[str, Any] | None:
+  def best_results(
+      self, state, final_test: dict[str, float]
+  ) -> dict[str, Any] | None:
     """{'step', 'validation', 'test'} of the best checkpoint (None if none was saved)."""
     self.best_manager.wait_until_finished()
     if self.best is None:
@@ -270,9 +380,15 @@ class Trainer:
     if step == self.total_steps:
       test = final_test
     else:
-      best_state = checkpoints.restore_latest(self.best_manager, train_utils.unreplicate(state))
-      test, _ = self.evaluate(train_utils.replicate(best_state), 'test', self.total_steps,
-                              prefix='best_test')
+      best_state = checkpoints.restore_latest(
+          self.best_manager, train_utils.unreplicate(state)
+      )
+      test, _ = self.evaluate(
+          train_utils.replicate(best_state),
+          'test',
+          self.total_steps,
+          prefix='best_test',
+      )
     logging.info('best (step %d): test %s', step, json.dumps(test))
     return {'step': step, 'validation': self.best['validation'], 'test': test}
 
@@ -289,8 +405,11 @@ def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
   """A nested dict as {'a.b': leaf}."""
   flat = {}
   for key, value in tree.items():
-    flat.update(_flatten(value, f'{prefix}{key}.') if isinstance(value, dict)
-                else {f'{prefix}{key}': value})
+    flat.update(
+        _flatten(value, f'{prefix}{key}.')
+        if isinstance(value, dict)
+        else {f'{prefix}{key}': value}
+    )
   return flat
 
 
@@ -303,20 +422,33 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """
   if jax.process_index() != 0:
     return
-  path, text = os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2)
+  path, text = os.path.join(workdir, 'config.json'), config.to_json_best_effort(
+      indent=2
+  )
   try:
     with open(path) as f:
       old, new = _flatten(json.load(f)), _flatten(json.loads(text))
-  except (OSError, ValueError):  # No config.json yet, or an unreadable one: nothing to compare.
+  except (
+      OSError,
+      ValueError,
+  ):  # No config.json yet, or an unreadable one: nothing to compare.
     old = new = {}
-  changed = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+  changed = sorted(
+      key for key in old.keys() | new.keys() if old.get(key) != new.get(key)
+  )
   if changed:
-    logging.warning('This run\'s config differs from the previous one in %s, which it '
-                    'replaces, in: %s.', path, ', '.join(changed))
+    logging.warning(
+        "This run's config differs from the previous one in %s, which it "
+        'replaces, in: %s.',
+        path,
+        ', '.join(changed),
+    )
   os.makedirs(workdir, exist_ok=True)
   _write_atomic(path, text)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint) and returns the results."""
   return Trainer(config, workdir).run()

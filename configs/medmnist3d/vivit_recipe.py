@@ -42,7 +42,9 @@ def get_config(arg: str = 'adrenalmnist3d'):
   config.dataset_configs = ml_collections.ConfigDict()
   config.dataset_configs.name = name
   config.dataset_configs.size = size
-  config.dataset_configs.data_dir = placeholder(str)  # $MEDMNIST_ROOT, ~/.medmnist, ../shared
+  config.dataset_configs.data_dir = placeholder(
+      str
+  )  # $MEDMNIST_ROOT, ~/.medmnist, ../shared
   config.dataset_configs.download = False
   config.dataset_configs.prefetch_to_device = 2
   config.dataset_configs.num_workers = placeholder(int)
@@ -63,7 +65,9 @@ def get_config(arg: str = 'adrenalmnist3d'):
   config.model.stem.features = (8,)
   config.model.stem.strides = (1,) if size == 28 else (2,)
   config.model.patches = ml_collections.ConfigDict()
-  config.model.patches.size = (7, 7, 7) if size == 28 else (8, 8, 8)  # 4x4x4 tokens.
+  config.model.patches.size = (
+      (7, 7, 7) if size == 28 else (8, 8, 8)
+  )  # 4x4x4 tokens.
   config.model.patches.drop_remainder = False
   config.model.temporal_encoding_config = ml_collections.ConfigDict()
   config.model.temporal_encoding_config.method = '3d_conv'
@@ -73,14 +77,18 @@ def get_config(arg: str = 'adrenalmnist3d'):
   config.model.num_layers = 4
   # Model 2 (--config.model.attention_config.type=factorized_encoder) reads these instead.
   config.model.spatial_transformer = ml_collections.ConfigDict(
-      dict(num_heads=4, mlp_dim=256, num_layers=4))
+      dict(num_heads=4, mlp_dim=256, num_layers=4)
+  )
   config.model.temporal_transformer = ml_collections.ConfigDict(
-      dict(num_heads=4, mlp_dim=256, num_layers=2))
+      dict(num_heads=4, mlp_dim=256, num_layers=2)
+  )
   config.model.positional_embedding = 'learned_1d'
   config.model.classifier = 'map'
   config.model.dropout_rate = 0.0
   config.model.attention_dropout_rate = 0.0
-  config.model.stochastic_droplayer_rate = 0.0  # 0.1 did not raise validation AUC.
+  config.model.stochastic_droplayer_rate = (
+      0.0  # 0.1 did not raise validation AUC.
+  )
   config.model_dtype_str = 'float32'
 
   config.optimizer = 'adamw'
@@ -91,7 +99,9 @@ def get_config(arg: str = 'adrenalmnist3d'):
   config.max_grad_norm = 1.0
   config.label_smoothing = 0.1
   config.class_weighted_loss = False
-  config.ema_decay = placeholder(float)  # 0.99 left validation AUC unchanged (RESULTS.md).
+  config.ema_decay = placeholder(
+      float
+  )  # 0.99 left validation AUC unchanged (RESULTS.md).
   config.num_training_epochs = 20
   config.num_training_steps = placeholder(int)
   config.batch_size = 32

@@ -19,15 +19,27 @@ def get_config():
   config = vivit_keras_baseline.get_config()
   config.experiment_name = 'organmnist3d_vivit_sweep_lr_variant'
   for name in ('spatial_transformer', 'temporal_transformer'):
-    config.model[name] = ml_collections.ConfigDict(dict(num_heads=8, mlp_dim=512, num_layers=4))
+    config.model[name] = ml_collections.ConfigDict(
+        dict(num_heads=8, mlp_dim=512, num_layers=4)
+    )
   return config
 
 
 def get_hyper(hyper):
   """Every learning rate with every attention variant."""
-  return hyper.product([
-      hyper.sweep('config.lr_configs.base_learning_rate', [3e-5, 1e-4, 3e-4]),
-      hyper.sweep('config.model.attention_config.type', [
-          'spacetime', 'factorized_encoder', 'factorized_self_attention_block',
-          'factorized_dot_product_attention']),
-  ])
+  return hyper.product(
+      [
+          hyper.sweep(
+              'config.lr_configs.base_learning_rate', [3e-5, 1e-4, 3e-4]
+          ),
+          hyper.sweep(
+              'config.model.attention_config.type',
+              [
+                  'spacetime',
+                  'factorized_encoder',
+                  'factorized_self_attention_block',
+                  'factorized_dot_product_attention',
+              ],
+          ),
+      ]
+  )

@@ -38,7 +38,9 @@ def get_config():
   config.max_grad_norm = 1.0
   config.label_smoothing = 0.1
 
-  steps_per_epoch = 971 // config.batch_size  # OrganMNIST3D's 971 training volumes.
+  steps_per_epoch = (
+      971 // config.batch_size
+  )  # OrganMNIST3D's 971 training volumes.
   config.lr_configs.factors = 'constant * cosine_decay * linear_warmup'
   config.lr_configs.base_learning_rate = 5e-4
   config.lr_configs.warmup_steps = 5 * steps_per_epoch

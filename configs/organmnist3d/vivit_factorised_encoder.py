@@ -14,6 +14,10 @@ def get_config():
   config = vivit_keras_baseline.get_config()
   config.experiment_name = 'organmnist3d_vivit_factorised_encoder'
   config.model.attention_config.type = 'factorized_encoder'
-  config.model.spatial_transformer = dict(num_heads=8, mlp_dim=512, num_layers=4)
-  config.model.temporal_transformer = dict(num_heads=8, mlp_dim=512, num_layers=4)
+  config.model.spatial_transformer = dict(
+      num_heads=8, mlp_dim=512, num_layers=4
+  )
+  config.model.temporal_transformer = dict(
+      num_heads=8, mlp_dim=512, num_layers=4
+  )
   return config

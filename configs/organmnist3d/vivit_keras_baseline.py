@@ -25,7 +25,9 @@ def get_config():
   config.dataset_configs = ml_collections.ConfigDict()
   config.dataset_configs.name = 'organmnist3d'
   config.dataset_configs.size = 28
-  config.dataset_configs.data_dir = placeholder(str)  # None: $MEDMNIST_ROOT, ~/.medmnist
+  config.dataset_configs.data_dir = placeholder(
+      str
+  )  # None: $MEDMNIST_ROOT, ~/.medmnist
   config.dataset_configs.download = False
   config.dataset_configs.path = placeholder(str)
   config.dataset_configs.prefetch_to_device = 2
@@ -72,8 +74,12 @@ def get_config():
   config.l2_decay_factor = placeholder(float)
   config.max_grad_norm = placeholder(float)
   config.label_smoothing = placeholder(float)
-  config.class_weighted_loss = False  # True: cross-entropy weighted n / (classes * class count).
-  config.ema_decay = placeholder(float)  # e.g. 0.999: evaluate/serve a debiased parameter EMA.
+  config.class_weighted_loss = (
+      False  # True: cross-entropy weighted n / (classes * class count).
+  )
+  config.ema_decay = placeholder(
+      float
+  )  # e.g. 0.999: evaluate/serve a debiased parameter EMA.
   config.num_training_epochs = 60
   config.num_training_steps = placeholder(int)  # Overrides the epochs when set.
   config.batch_size = 32
@@ -85,7 +91,9 @@ def get_config():
   config.lr_configs.factors = 'constant'
   config.lr_configs.base_learning_rate = 1e-4
   config.lr_configs.warmup_steps = 0
-  config.lr_configs.steps_per_cycle = placeholder(int)  # None: the total number of steps.
+  config.lr_configs.steps_per_cycle = placeholder(
+      int
+  )  # None: the total number of steps.
 
   # Logging, evaluation and checkpoints (None: once per epoch).
   config.log_summary_steps = 10
@@ -100,5 +108,7 @@ def get_config():
   config.best_checkpoint_metric = placeholder(str)
   config.tta_flip_axes = ()  # e.g. (1, 2): average predictions over height/width flips.
   config.stop_on_nan = True
-  config.deterministic = False  # True: also fixed reduction order on GPUs (slower).
+  config.deterministic = (
+      False  # True: also fixed reduction order on GPUs (slower).
+  )
   return config

@@ -8,8 +8,17 @@ from vivit_flax.datasets import augmentation, input_pipeline
 
 
 def _options(**kw):
-  return ml_collections.ConfigDict(dict(flip_axes=(), rotate_planes=(), max_shift=0, intensity=0.,
-                                        mixup_alpha=0., cutmix_alpha=0.) | kw)
+  return ml_collections.ConfigDict(
+      dict(
+          flip_axes=(),
+          rotate_planes=(),
+          max_shift=0,
+          intensity=0.0,
+          mixup_alpha=0.0,
+          cutmix_alpha=0.0,
+      )
+      | kw
+  )
 
 
 def _volumes(n=8, size=6, binary=True, seed=0):
@@ -28,9 +37,13 @@ def _run(options, images, step=3, seed=5):
 
 def test_flips_and_turns_only_permute_voxels():
   images = _volumes()
-  x, y = _run(_options(flip_axes=(0, 1, 2), rotate_planes=((1, 2), (0, 1))), images)
+  x, y = _run(
+      _options(flip_axes=(0, 1, 2), rotate_planes=((1, 2), (0, 1))), images
+  )
   original = images.astype(np.float32) / 255
-  for a, b in zip(x, original):  # Same multiset of voxels, and some example really moved.
+  for a, b in zip(
+      x, original
+  ):  # Same multiset of voxels, and some example really moved.
     np.testing.assert_array_equal(np.sort(a.ravel()), np.sort(b.ravel()))
   assert not np.array_equal(x, original)
   np.testing.assert_array_equal(y, np.eye(2)[np.arange(8) % 2])
@@ -39,11 +52,16 @@ def test_flips_and_turns_only_permute_voxels():
 def test_each_flip_and_turn_is_one_of_the_cube_symmetries_drawn():
   images = _volumes(n=1)
   volume = images[0].astype(np.float32) / 255
-  candidates = [np.rot90(np.flip(volume, 2) if f else volume, k, (0, 1))
-                for f in (0, 1) for k in range(4)]
+  candidates = [
+      np.rot90(np.flip(volume, 2) if f else volume, k, (0, 1))
+      for f in (0, 1)
+      for k in range(4)
+  ]
   seen = set()
   for step in range(40):
-    x, _ = _run(_options(flip_axes=(2,), rotate_planes=((0, 1),)), images, step=step)
+    x, _ = _run(
+        _options(flip_axes=(2,), rotate_planes=((0, 1),)), images, step=step
+    )
     matches = [i for i, c in enumerate(candidates) if np.array_equal(x[0], c)]
     assert matches
     seen.add(matches[0])
@@ -55,7 +73,7 @@ def test_shift_translates_with_zero_fill():
   images[0, 2, 3, 1] = 255
   for step in range(20):
     x, _ = _run(_options(max_shift=1), images, step=step)
-    (t, h, w, _), = np.argwhere(x[0] > 0)
+    ((t, h, w, _),) = np.argwhere(x[0] > 0)
     assert abs(t - 2) <= 1 and abs(h - 3) <= 1 and abs(w - 1) <= 1
     assert x.sum() == 1
 
@@ -78,7 +96,9 @@ def test_mixing_blends_volumes_and_labels_alike(kind):
   partner = np.roll(original, -1, axis=0)
   lam = y[0, 0]  # Example 0 is of class 0, its partner (example 1) of class 1.
   if kind == 'mixup_alpha':
-    np.testing.assert_allclose(x, lam * original + (1 - lam) * partner, atol=1e-6)
+    np.testing.assert_allclose(
+        x, lam * original + (1 - lam) * partner, atol=1e-6
+    )
   else:
     from_self = np.isclose(x, original) & ~np.isclose(original, partner)
     from_partner = np.isclose(x, partner) & ~np.isclose(original, partner)
@@ -89,14 +109,28 @@ def test_mixing_blends_volumes_and_labels_alike(kind):
 def test_batches_depend_on_the_step_not_on_the_process_count_or_history():
   images = _volumes(n=24, binary=False)
   labels = np.arange(24) % 3
-  options = _options(flip_axes=(0, 1, 2), rotate_planes=((1, 2),), max_shift=1, intensity=0.1,
-                     mixup_alpha=0.4, cutmix_alpha=1.0)
+  options = _options(
+      flip_axes=(0, 1, 2),
+      rotate_planes=((1, 2),),
+      max_shift=1,
+      intensity=0.1,
+      mixup_alpha=0.4,
+      cutmix_alpha=1.0,
+  )
 
   def batches(start_step, process_index=0, process_count=1):
     iterator = input_pipeline.train_iterator(
-        images, labels, num_classes=3, batch_size=8, seed=1, start_step=start_step,
-        process_index=process_index, process_count=process_count, local_device_count=2,
-        augmentation=options)
+        images,
+        labels,
+        num_classes=3,
+        batch_size=8,
+        seed=1,
+        start_step=start_step,
+        process_index=process_index,
+        process_count=process_count,
+        local_device_count=2,
+        augmentation=options,
+    )
     return [next(iterator) for _ in range(4)]
 
   whole = batches(0)
@@ -107,9 +141,15 @@ def test_batches_depend_on_the_step_not_on_the_process_count_or_history():
   halves = [batches(0, p, 2) for p in (0, 1)]
   for step in range(4):
     for key in ('inputs', 'label'):
-      joined = np.concatenate([halves[p][step][key].reshape((4,) + whole[0][key].shape[2:])
-                               for p in (0, 1)])
-      np.testing.assert_array_equal(joined, whole[step][key].reshape(joined.shape))
+      joined = np.concatenate(
+          [
+              halves[p][step][key].reshape((4,) + whole[0][key].shape[2:])
+              for p in (0, 1)
+          ]
+      )
+      np.testing.assert_array_equal(
+          joined, whole[step][key].reshape(joined.shape)
+      )
 
 
 def test_bad_axes_are_refused_with_the_fix():
@@ -117,4 +157,6 @@ def test_bad_axes_are_refused_with_the_fix():
   with pytest.raises(ValueError, match='use 0, 1 or 2'):
     augmentation.VolumeAugmentation(_options(flip_axes=(3,)), images, 8)
   with pytest.raises(ValueError, match='two different axes'):
-    augmentation.VolumeAugmentation(_options(rotate_planes=((1, 1),)), images, 8)
+    augmentation.VolumeAugmentation(
+        _options(rotate_planes=((1, 1),)), images, 8
+    )

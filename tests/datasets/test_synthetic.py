@@ -17,14 +17,20 @@ def small():
 
 
 def test_layout_dtypes_and_shapes(small):
-  assert sorted(small) == sorted(f'{s}_{k}' for s in ('train', 'val', 'test') for k in ('images', 'labels'))
+  assert sorted(small) == sorted(
+      f'{s}_{k}' for s in ('train', 'val', 'test') for k in ('images', 'labels')
+  )
   for split, n in zip(('train', 'val', 'test'), SIZES.values()):
     images, labels = small[f'{split}_images'], small[f'{split}_labels']
     assert images.dtype == np.uint8 and images.shape == (n, 28, 28, 28)
     assert labels.dtype == np.uint8 and labels.shape == (n, 1)
     assert labels.max() < synthetic.NUM_CLASSES
   assert len(synthetic.LABEL_NAMES) == synthetic.NUM_CLASSES == 11
-  assert synthetic.SPLIT_SIZES == {'train': 971, 'val': 161, 'test': 610}  # OrganMNIST3D's
+  assert synthetic.SPLIT_SIZES == {
+      'train': 971,
+      'val': 161,
+      'test': 610,
+  }  # OrganMNIST3D's
 
 
 def test_deterministic_by_seed(small):
@@ -45,7 +51,10 @@ def test_volumes_vary_in_intensity_and_are_not_saturated(small):
   images = small['train_images']
   means = images.reshape(len(images), -1).mean(1)
   assert means.std() > 5 and 10 < means.mean() < 200
-  assert (images.reshape(len(images), -1).max(1) > images.reshape(len(images), -1).min(1) + 50).all()
+  assert (
+      images.reshape(len(images), -1).max(1)
+      > images.reshape(len(images), -1).min(1) + 50
+  ).all()
 
 
 def _spread(images):
@@ -55,7 +64,9 @@ def _spread(images):
   w = x / x.sum(axis=(1, 2, 3), keepdims=True)
   out = []
   for axis in range(3):
-    g = np.arange(28, dtype=np.float32).reshape([-1 if a == axis else 1 for a in range(3)])
+    g = np.arange(28, dtype=np.float32).reshape(
+        [-1 if a == axis else 1 for a in range(3)]
+    )
     mean = (w * g).sum(axis=(1, 2, 3), keepdims=True)
     out.append((w * (g - mean) ** 2).sum(axis=(1, 2, 3)).mean())
   return np.array(out)
@@ -75,14 +86,34 @@ def test_write_is_atomic_with_md5_sidecar(tmp_path):
     assert hashlib.md5(f.read()).hexdigest() == md5
   with open(path + '.md5') as f:
     assert f.read() == f'{md5}  {synthetic.FILE_NAME}\n'
-  assert sorted(os.listdir(tmp_path / 'sub')) == [synthetic.FILE_NAME, synthetic.FILE_NAME + '.md5']
+  assert sorted(os.listdir(tmp_path / 'sub')) == [
+      synthetic.FILE_NAME,
+      synthetic.FILE_NAME + '.md5',
+  ]
   with np.load(path) as npz:
-    np.testing.assert_array_equal(npz['val_labels'], synthetic.generate(seed=2, **SIZES)['val_labels'])
+    np.testing.assert_array_equal(
+        npz['val_labels'], synthetic.generate(seed=2, **SIZES)['val_labels']
+    )
 
 
 def test_cli(tmp_path, capsys):
-  synthetic.main(['--out', str(tmp_path), '--seed', '5', '--num_train', '6', '--num_val', '2', '--num_test', '3'])
+  synthetic.main(
+      [
+          '--out',
+          str(tmp_path),
+          '--seed',
+          '5',
+          '--num_train',
+          '6',
+          '--num_val',
+          '2',
+          '--num_test',
+          '3',
+      ]
+  )
   assert str(tmp_path / synthetic.FILE_NAME) in capsys.readouterr().out
   with np.load(tmp_path / synthetic.FILE_NAME) as npz:
-    assert npz['train_images'].shape == (6, 28, 28, 28) and npz['test_labels'].shape == (3, 1)
+    assert npz['train_images'].shape == (6, 28, 28, 28) and npz[
+        'test_labels'
+    ].shape == (3, 1)
   assert (tmp_path / (synthetic.FILE_NAME + '.md5')).exists()

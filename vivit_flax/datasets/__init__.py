@@ -19,12 +19,16 @@ from vivit_flax.datasets import input_pipeline
 from vivit_flax.datasets import medmnist3d
 from vivit_flax.datasets import npz_video
 
-_LOADERS = {'medmnist3d': medmnist3d.load, 'synthetic3d': npz_video.load_synthetic3d,
-            'npz_video': npz_video.load}
+_LOADERS = {
+    'medmnist3d': medmnist3d.load,
+    'synthetic3d': npz_video.load_synthetic3d,
+    'npz_video': npz_video.load,
+}
 
 
 class Dataset(NamedTuple):
   """A loaded dataset: metadata, training/evaluation batch iterators of this process, and the raw arrays."""
+
   meta_data: dict
   steps_per_epoch: int
   train_iter: Callable[[int], Iterator[dict]]
@@ -32,15 +36,29 @@ class Dataset(NamedTuple):
   arrays: Callable[[str], tuple[np.ndarray, np.ndarray]]
 
 
-def get_dataset(config, *, process_index=None, process_count=None, local_device_count=None):
+def get_dataset(
+    config, *, process_index=None, process_count=None, local_device_count=None
+):
   """Loads config.dataset_name and returns a `Dataset` whose iterators serve this process's batches."""
   if config.dataset_name not in _LOADERS:
-    raise ValueError(f'Unknown dataset_name {config.dataset_name!r}; choose one of {sorted(_LOADERS)}.')
+    raise ValueError(
+        f'Unknown dataset_name {config.dataset_name!r}; choose one of {sorted(_LOADERS)}.'
+    )
   if config.get('data_dtype_str', 'float32') != 'float32':
-    raise ValueError(f'data_dtype_str={config.data_dtype_str!r}: only float32 inputs are supported.')
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  local_device_count = jax.local_device_count() if local_device_count is None else local_device_count
+    raise ValueError(
+        f'data_dtype_str={config.data_dtype_str!r}: only float32 inputs are supported.'
+    )
+  process_index = (
+      jax.process_index() if process_index is None else process_index
+  )
+  process_count = (
+      jax.process_count() if process_count is None else process_count
+  )
+  local_device_count = (
+      jax.local_device_count()
+      if local_device_count is None
+      else local_device_count
+  )
   batch_size = config.batch_size
   eval_batch_size = config.get('eval_batch_size') or batch_size
   for b in (batch_size, eval_batch_size):
@@ -49,34 +67,61 @@ def get_dataset(config, *, process_index=None, process_count=None, local_device_
   splits, meta = _LOADERS[config.dataset_name](config.dataset_configs)
   for split, (_, labels) in splits.items():
     if labels.size and labels.max() >= meta['num_classes']:
-      raise ValueError(f'{meta["data_file"]}: {split} label {labels.max()} >= num_classes {meta["num_classes"]}.')
+      raise ValueError(
+          f'{meta["data_file"]}: {split} label {labels.max()} >= num_classes {meta["num_classes"]}.'
+      )
   steps_per_epoch = len(splits['train'][1]) // batch_size
   if steps_per_epoch == 0:
-    raise ValueError(f'{meta["data_file"]}: {len(splits["train"][1])} training examples is fewer than one '
-                     f'global batch of {batch_size}.')
-  meta.update(input_shape=(-1,) + splits['train'][0].shape[1:], input_dtype=jnp.float32,
-              target_is_onehot=True, num_train_examples=len(splits['train'][1]),
-              num_eval_examples=len(splits['validation'][1]), num_test_examples=len(splits['test'][1]),
-              train_class_counts=tuple(int(c) for c in np.bincount(splits['train'][1],
-                                                                   minlength=meta['num_classes'])))
+    raise ValueError(
+        f'{meta["data_file"]}: {len(splits["train"][1])} training examples is fewer than one '
+        f'global batch of {batch_size}.'
+    )
+  meta.update(
+      input_shape=(-1,) + splits['train'][0].shape[1:],
+      input_dtype=jnp.float32,
+      target_is_onehot=True,
+      num_train_examples=len(splits['train'][1]),
+      num_eval_examples=len(splits['validation'][1]),
+      num_test_examples=len(splits['test'][1]),
+      train_class_counts=tuple(
+          int(c)
+          for c in np.bincount(
+              splits['train'][1], minlength=meta['num_classes']
+          )
+      ),
+  )
 
-  devices = dict(process_index=process_index, process_count=process_count,
-                 local_device_count=local_device_count,
-                 num_workers=config.dataset_configs.get('num_workers'))
+  devices = dict(
+      process_index=process_index,
+      process_count=process_count,
+      local_device_count=local_device_count,
+      num_workers=config.dataset_configs.get('num_workers'),
+  )
 
   def train_iter(start_step):
     return input_pipeline.train_iterator(
-        *splits['train'], num_classes=meta['num_classes'], batch_size=batch_size,
-        seed=config.get('rng_seed', 0), start_step=start_step,
-        augmentation=config.dataset_configs.get('augmentation'), **devices)
+        *splits['train'],
+        num_classes=meta['num_classes'],
+        batch_size=batch_size,
+        seed=config.get('rng_seed', 0),
+        start_step=start_step,
+        augmentation=config.dataset_configs.get('augmentation'),
+        **devices,
+    )
 
   def eval_iter(split):
-    return input_pipeline.eval_iterator(*arrays(split), num_classes=meta['num_classes'],
-                                        batch_size=eval_batch_size, **devices)
+    return input_pipeline.eval_iterator(
+        *arrays(split),
+        num_classes=meta['num_classes'],
+        batch_size=eval_batch_size,
+        **devices,
+    )
 
   def arrays(split):
     if split not in splits:
-      raise ValueError(f'Unknown split {split!r}; choose one of {sorted(splits)}.')
+      raise ValueError(
+          f'Unknown split {split!r}; choose one of {sorted(splits)}.'
+      )
     return splits[split]
 
   return Dataset(meta, steps_per_epoch, train_iter, eval_iter, arrays)

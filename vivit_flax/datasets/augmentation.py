@@ -30,38 +30,59 @@ _SALT = 0xA46  # Keeps augmentation draws apart from the draws of the training o
 
 def _is_binary(images: np.ndarray) -> bool:
   """True when the examples hold only two values (a segmentation mask, no intensities)."""
-  sample = images[:min(len(images), 64)]
+  sample = images[: min(len(images), 64)]
   return np.unique(sample).size <= 2
 
 
 class VolumeAugmentation:
   """Draws and applies the augmentation of one global training batch (see module docstring)."""
 
-  def __init__(self, options: ml_collections.ConfigDict | None, images: np.ndarray,
-               per_process: int):
+  def __init__(
+      self,
+      options: ml_collections.ConfigDict | None,
+      images: np.ndarray,
+      per_process: int,
+  ):
     options = options or ml_collections.ConfigDict()
     self.per_process = per_process
     self.flip_axes = tuple(options.get('flip_axes') or ())
-    self.rotate_planes = tuple(tuple(plane) for plane in (options.get('rotate_planes') or ()))
+    self.rotate_planes = tuple(
+        tuple(plane) for plane in (options.get('rotate_planes') or ())
+    )
     self.max_shift = int(options.get('max_shift') or 0)
-    self.intensity = float(options.get('intensity') or 0) if not _is_binary(images) else 0.
+    self.intensity = (
+        float(options.get('intensity') or 0) if not _is_binary(images) else 0.0
+    )
     self.mixup_alpha = float(options.get('mixup_alpha') or 0)
     self.cutmix_alpha = float(options.get('cutmix_alpha') or 0)
     volume_shape = images.shape[1:4]
     for axis in self.flip_axes + sum(self.rotate_planes, ()):
       if axis not in (0, 1, 2):
-        raise ValueError(f'Augmentation axis {axis} is not a volume axis: use 0, 1 or 2 (depth, '
-                         'height, width) in dataset_configs.augmentation.flip_axes/rotate_planes.')
+        raise ValueError(
+            f'Augmentation axis {axis} is not a volume axis: use 0, 1 or 2 (depth, '
+            'height, width) in dataset_configs.augmentation.flip_axes/rotate_planes.'
+        )
     for plane in self.rotate_planes:
-      if len(plane) != 2 or plane[0] == plane[1] or (
-          volume_shape[plane[0]] != volume_shape[plane[1]]):
-        raise ValueError(f'dataset_configs.augmentation.rotate_planes entry {plane} must be two '
-                         f'different axes of equal size (volumes are {volume_shape}).')
+      if (
+          len(plane) != 2
+          or plane[0] == plane[1]
+          or (volume_shape[plane[0]] != volume_shape[plane[1]])
+      ):
+        raise ValueError(
+            f'dataset_configs.augmentation.rotate_planes entry {plane} must be two '
+            f'different axes of equal size (volumes are {volume_shape}).'
+        )
 
   @property
   def enabled(self) -> bool:
-    return bool(self.flip_axes or self.rotate_planes or self.max_shift or self.intensity
-                or self.mixup_alpha or self.cutmix_alpha)
+    return bool(
+        self.flip_axes
+        or self.rotate_planes
+        or self.max_shift
+        or self.intensity
+        or self.mixup_alpha
+        or self.cutmix_alpha
+    )
 
   def __call__(self, images, onehot, global_idx, start, seed, step):
     """This process's examples of the global batch `global_idx` (positions `start` to
@@ -82,26 +103,43 @@ class VolumeAugmentation:
     mix = self._mix_choice(rng)
 
     def views(positions):
-      return np.stack([self._transform(_as_float(images[global_idx[j]]),
-                                       {k: v[j] for k, v in draws.items()}) for j in positions])
+      return np.stack(
+          [
+              self._transform(
+                  _as_float(images[global_idx[j]]),
+                  {k: v[j] for k, v in draws.items()},
+              )
+              for j in positions
+          ]
+      )
 
     positions = np.arange(start, start + self.per_process)
     x, y = views(positions), onehot[global_idx[positions]]
     if mix is None:
       return x, y
     kind, lam = mix
-    partners = (positions + 1) % size  # Each example's neighbour in the (shuffled) global batch.
+    partners = (
+        positions + 1
+    ) % size  # Each example's neighbour in the (shuffled) global batch.
     x_partner, y_partner = views(partners), onehot[global_idx[partners]]
     if kind == 'mixup':
       x = lam * x + (1 - lam) * x_partner
     else:
       box = (slice(None),) + _cutmix_box(rng, x.shape[1:4], lam)
       x[box] = x_partner[box]
-      lam = 1 - np.prod([s.stop - s.start for s in box[1:]]) / np.prod(x.shape[1:4])
-    return x.astype(np.float32), (lam * y + (1 - lam) * y_partner).astype(np.float32)
+      lam = 1 - np.prod([s.stop - s.start for s in box[1:]]) / np.prod(
+          x.shape[1:4]
+      )
+    return x.astype(np.float32), (lam * y + (1 - lam) * y_partner).astype(
+        np.float32
+    )
 
   def _mix_choice(self, rng):
-    kinds = [(k, a) for k, a in (('mixup', self.mixup_alpha), ('cutmix', self.cutmix_alpha)) if a]
+    kinds = [
+        (k, a)
+        for k, a in (('mixup', self.mixup_alpha), ('cutmix', self.cutmix_alpha))
+        if a
+    ]
     if not kinds:
       return None
     kind, alpha = kinds[rng.integers(len(kinds))]
@@ -117,13 +155,16 @@ class VolumeAugmentation:
     if self.max_shift:
       volume = _shift(volume, draw['shift'])
     if self.intensity:
-      volume = np.clip(volume * draw['gain'] + draw['offset'], 0., 1.)
+      volume = np.clip(volume * draw['gain'] + draw['offset'], 0.0, 1.0)
     return np.ascontiguousarray(volume, np.float32)
 
 
 def _as_float(volume):
-  return np.multiply(volume, np.float32(1 / 255), dtype=np.float32) if volume.dtype == np.uint8 \
+  return (
+      np.multiply(volume, np.float32(1 / 255), dtype=np.float32)
+      if volume.dtype == np.uint8
       else volume.astype(np.float32)
+  )
 
 
 def _shift(volume, shift):

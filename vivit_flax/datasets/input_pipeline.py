@@ -32,14 +32,18 @@ def per_device_batch_size(batch_size, process_count, local_device_count):
   """The per-device batch size; raises ValueError unless the global batch splits evenly over all devices."""
   devices = process_count * local_device_count
   if batch_size <= 0 or batch_size % devices:
-    raise ValueError(f'Global batch size {batch_size} must be a positive multiple of process_count * '
-                     f'local_device_count = {process_count} * {local_device_count} = {devices}.')
+    raise ValueError(
+        f'Global batch size {batch_size} must be a positive multiple of process_count * '
+        f'local_device_count = {process_count} * {local_device_count} = {devices}.'
+    )
   return batch_size // devices
 
 
 def _check_process(process_index, process_count):
   if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index {process_index} is not in [0, {process_count}).')
+    raise ValueError(
+        f'process_index {process_index} is not in [0, {process_count}).'
+    )
 
 
 def default_num_workers():
@@ -49,13 +53,20 @@ def default_num_workers():
 
 def _ordered_map(fn, items, num_workers):
   """Yields fn(item) for each item, in order, computing up to 2 * num_workers results ahead on threads."""
-  pool = concurrent.futures.ThreadPoolExecutor(num_workers, thread_name_prefix='input_pipeline')
+  pool = concurrent.futures.ThreadPoolExecutor(
+      num_workers, thread_name_prefix='input_pipeline'
+  )
   items = iter(items)
   try:
-    pending = collections.deque(pool.submit(fn, item) for item in itertools.islice(items, 2 * num_workers))
+    pending = collections.deque(
+        pool.submit(fn, item)
+        for item in itertools.islice(items, 2 * num_workers)
+    )
     while pending:
       result = pending.popleft().result()
-      pending.extend(pool.submit(fn, item) for item in itertools.islice(items, 1))
+      pending.extend(
+          pool.submit(fn, item) for item in itertools.islice(items, 1)
+      )
       yield result
   finally:
     pool.shutdown(wait=False, cancel_futures=True)
@@ -79,12 +90,27 @@ def _make_batch(images, labels, idx, valid, eye, local_device_count):
 def _device_shaped(x, onehot, mask, local_device_count):
   """A batch dict with a leading local-device axis."""
   lead = (local_device_count, -1)
-  return {'inputs': x.reshape(lead + x.shape[1:]), 'label': onehot.reshape(lead + onehot.shape[1:]),
-          'batch_mask': mask.reshape(lead)}
+  return {
+      'inputs': x.reshape(lead + x.shape[1:]),
+      'label': onehot.reshape(lead + onehot.shape[1:]),
+      'batch_mask': mask.reshape(lead),
+  }
 
 
-def train_iterator(images, labels, *, num_classes, batch_size, seed, start_step=0, process_index=0,
-                   process_count=1, local_device_count=1, num_workers=None, augmentation=None):
+def train_iterator(
+    images,
+    labels,
+    *,
+    num_classes,
+    batch_size,
+    seed,
+    start_step=0,
+    process_index=0,
+    process_count=1,
+    local_device_count=1,
+    num_workers=None,
+    augmentation=None,
+):
   """Infinite training batches of this process, from global step `start_step` on (see module doc).
 
   `augmentation`: optional `dataset_configs.augmentation` options (augmentation.VolumeAugmentation).
@@ -94,28 +120,44 @@ def train_iterator(images, labels, *, num_classes, batch_size, seed, start_step=
   n = len(labels)
   steps_per_epoch = n // batch_size
   if steps_per_epoch == 0:
-    raise ValueError(f'The training split has {n} examples, fewer than one global batch of {batch_size}.')
+    raise ValueError(
+        f'The training split has {n} examples, fewer than one global batch of {batch_size}.'
+    )
   if seed < 0 or start_step < 0:
-    raise ValueError(f'seed ({seed}) and start_step ({start_step}) must be non-negative.')
+    raise ValueError(
+        f'seed ({seed}) and start_step ({start_step}) must be non-negative.'
+    )
   per_process = batch_size // process_count
   offset = process_index * per_process
   eye = np.eye(num_classes, dtype=np.float32)
   valid = np.ones(per_process, bool)
-  permutation = functools.lru_cache(maxsize=2)(lambda e: np.random.default_rng([seed, e]).permutation(n))
+  permutation = functools.lru_cache(maxsize=2)(
+      lambda e: np.random.default_rng([seed, e]).permutation(n)
+  )
 
-  augment = augmentation_lib.VolumeAugmentation(augmentation, images, per_process)
+  augment = augmentation_lib.VolumeAugmentation(
+      augmentation, images, per_process
+  )
   onehot = eye[labels]
 
   def batch(step):
     epoch, i = divmod(step, steps_per_epoch)
-    global_idx = permutation(epoch)[i * batch_size:(i + 1) * batch_size]
+    global_idx = permutation(epoch)[i * batch_size : (i + 1) * batch_size]
     if not augment.enabled:
-      return _make_batch(images, labels, global_idx[offset:offset + per_process], valid, eye,
-                         local_device_count)
+      return _make_batch(
+          images,
+          labels,
+          global_idx[offset : offset + per_process],
+          valid,
+          eye,
+          local_device_count,
+      )
     x, y = augment(images, onehot, global_idx, offset, seed, step)
     return _device_shaped(x, y, valid.astype(np.float32), local_device_count)
 
-  return _ordered_map(batch, itertools.count(start_step), num_workers or default_num_workers())
+  return _ordered_map(
+      batch, itertools.count(start_step), num_workers or default_num_workers()
+  )
 
 
 def num_eval_steps(num_examples, batch_size):
@@ -123,8 +165,17 @@ def num_eval_steps(num_examples, batch_size):
   return -(-num_examples // batch_size)
 
 
-def eval_iterator(images, labels, *, num_classes, batch_size, process_index=0, process_count=1,
-                  local_device_count=1, num_workers=None):
+def eval_iterator(
+    images,
+    labels,
+    *,
+    num_classes,
+    batch_size,
+    process_index=0,
+    process_count=1,
+    local_device_count=1,
+    num_workers=None,
+):
   """Finite evaluation batches of this process; over all processes every example appears exactly once."""
   _check_process(process_index, process_count)
   per_device_batch_size(batch_size, process_count, local_device_count)
@@ -133,11 +184,24 @@ def eval_iterator(images, labels, *, num_classes, batch_size, process_index=0, p
   eye = np.eye(num_classes, dtype=np.float32)
 
   def batch(step):
-    positions = np.arange(per_process) + step * batch_size + process_index * per_process
+    positions = (
+        np.arange(per_process) + step * batch_size + process_index * per_process
+    )
     valid = positions < n
-    return _make_batch(images, labels, np.minimum(positions, n - 1), valid, eye, local_device_count)
+    return _make_batch(
+        images,
+        labels,
+        np.minimum(positions, n - 1),
+        valid,
+        eye,
+        local_device_count,
+    )
 
-  return _ordered_map(batch, range(num_eval_steps(n, batch_size)), num_workers or default_num_workers())
+  return _ordered_map(
+      batch,
+      range(num_eval_steps(n, batch_size)),
+      num_workers or default_num_workers(),
+  )
 
 
 def prefetch_to_device(iterator, size, devices=None):
@@ -148,12 +212,16 @@ def prefetch_to_device(iterator, size, devices=None):
   """
   devices = jax.local_devices() if devices is None else devices
   mesh = jax.sharding.Mesh(np.array(devices), ('batch',))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('batch'))
+  sharding = jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec('batch')
+  )
   queue = collections.deque()
 
   def enqueue(k):
     for batch in itertools.islice(iterator, k):
-      queue.append(jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), batch))
+      queue.append(
+          jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), batch)
+      )
 
   enqueue(max(size, 1))
   while queue:

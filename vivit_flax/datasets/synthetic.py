@@ -18,15 +18,32 @@ import tempfile
 import numpy as np
 
 FILE_NAME = 'synthetic3d.npz'
-LABEL_NAMES = ('sphere', 'cube', 'cylinder_t', 'cylinder_h', 'cylinder_w', 'cone', 'torus', 'ellipsoid',
-               'hollow_shell', 'two_blobs', 'cross')
+LABEL_NAMES = (
+    'sphere',
+    'cube',
+    'cylinder_t',
+    'cylinder_h',
+    'cylinder_w',
+    'cone',
+    'torus',
+    'ellipsoid',
+    'hollow_shell',
+    'two_blobs',
+    'cross',
+)
 NUM_CLASSES = len(LABEL_NAMES)
 SPLIT_SIZES = {'train': 971, 'val': 161, 'test': 610}
 SIZE = 28
-_CHUNK = 16            # examples rasterised at once (cache-sized; part of the definition of the set)
-_EDGE = 0.05           # width of the soft edge ramp, in grid units ([-1, 1] spans the volume; a voxel is ~0.074)
-_AXIS_JITTER = 0.3     # max tilt (radians) of the axis-aligned shapes (cylinders, cube)
-_AXIS_CLASSES = {2: 0, 3: 1, 4: 2}  # cylinder class -> axis (0 = T/depth, 1 = H, 2 = W)
+_CHUNK = 16  # examples rasterised at once (cache-sized; part of the definition of the set)
+_EDGE = 0.05  # width of the soft edge ramp, in grid units ([-1, 1] spans the volume; a voxel is ~0.074)
+_AXIS_JITTER = (
+    0.3  # max tilt (radians) of the axis-aligned shapes (cylinders, cube)
+)
+_AXIS_CLASSES = {
+    2: 0,
+    3: 1,
+    4: 2,
+}  # cylinder class -> axis (0 = T/depth, 1 = H, 2 = W)
 _CUBE = 1
 
 
@@ -47,7 +64,12 @@ def _params(rng, labels):
   n = len(labels)
   full = _rotations(rng, n, np.pi)
   tilt = _rotations(rng, n, _AXIS_JITTER)
-  for cls, axis in _AXIS_CLASSES.items():  # column 0 (the cylinder's local x) becomes the grid axis, tilted
+  for (
+      cls,
+      axis,
+  ) in (
+      _AXIS_CLASSES.items()
+  ):  # column 0 (the cylinder's local x) becomes the grid axis, tilted
     full[labels == cls] = tilt[labels == cls] @ np.roll(np.eye(3), axis, axis=0)
   full[labels == _CUBE] = tilt[labels == _CUBE]
   u = rng.uniform(0, 1, (n, 2)).astype(np.float32)  # shape-specific proportions
@@ -55,42 +77,59 @@ def _params(rng, labels):
       rot=full.astype(np.float32),
       center=rng.uniform(-0.12, 0.12, (n, 3)).astype(np.float32),
       size=rng.uniform(0.42, 0.72, n).astype(np.float32),
-      a=u[:, 0], b=u[:, 1],
+      a=u[:, 0],
+      b=u[:, 1],
       fg=rng.uniform(0.45, 1.0, n).astype(np.float32),
       bg=rng.uniform(0.0, 0.2, n).astype(np.float32),
-      noise=rng.uniform(0.03, 0.1, n).astype(np.float32))
+      noise=rng.uniform(0.03, 0.1, n).astype(np.float32),
+  )
 
 
 def _inside(cls, q, s, a, b):
   """Signed inside-ness (> 0 inside, grid units) of shape `cls` at local coordinates q [n, V, 3]."""
   x, y, z = q[..., 0], q[..., 1], q[..., 2]
   r = np.sqrt(x * x + y * y + z * z)
-  if cls == 0:                                   # sphere
+  if cls == 0:  # sphere
     return s - r
-  if cls == _CUBE:                               # cube, faces near the grid axes
+  if cls == _CUBE:  # cube, faces near the grid axes
     return 0.8 * s - np.abs(q).max(-1)
-  if cls in _AXIS_CLASSES:                       # cylinder along local x
+  if cls in _AXIS_CLASSES:  # cylinder along local x
     rad, half = (0.25 + 0.2 * a) * s, (0.95 + 0.35 * b) * s
     return np.minimum(rad - np.sqrt(y * y + z * z), half - np.abs(x))
-  if cls == 5:                                   # cone, apex at +x
+  if cls == 5:  # cone, apex at +x
     half, base = (0.8 + 0.3 * a) * s, (0.55 + 0.25 * b) * s
-    return np.minimum(base * (half - x) / (2 * half) - np.sqrt(y * y + z * z), half - np.abs(x))
-  if cls == 6:                                   # torus in the local x-y plane
+    return np.minimum(
+        base * (half - x) / (2 * half) - np.sqrt(y * y + z * z),
+        half - np.abs(x),
+    )
+  if cls == 6:  # torus in the local x-y plane
     ring = (0.65 + 0.15 * a) * s
-    return (0.22 + 0.08 * b) * s - np.sqrt((np.sqrt(x * x + y * y) - ring) ** 2 + z * z)
-  if cls == 7:                                   # flat (oblate) ellipsoid, disc-like
+    return (0.22 + 0.08 * b) * s - np.sqrt(
+        (np.sqrt(x * x + y * y) - ring) ** 2 + z * z
+    )
+  if cls == 7:  # flat (oblate) ellipsoid, disc-like
     radii = np.stack([s, s * (0.75 + 0.25 * a), s * (0.25 + 0.1 * b)], -1)
     return s * (1 - np.sqrt(((q / radii) ** 2).sum(-1)))
-  if cls == 8:                                   # hollow shell
+  if cls == 8:  # hollow shell
     return np.minimum(s - r, r - s * (0.72 - 0.12 * a))
-  if cls == 9:                                   # two blobs along local x
-    off, rad = np.stack([(0.65 + 0.15 * a) * s, 0 * s, 0 * s], -1), (0.38 + 0.07 * b) * s
-    return rad - np.minimum(np.linalg.norm(q - off, axis=-1), np.linalg.norm(q + off, axis=-1))
+  if cls == 9:  # two blobs along local x
+    off, rad = (
+        np.stack([(0.65 + 0.15 * a) * s, 0 * s, 0 * s], -1),
+        (0.38 + 0.07 * b) * s,
+    )
+    return rad - np.minimum(
+        np.linalg.norm(q - off, axis=-1), np.linalg.norm(q + off, axis=-1)
+    )
   # cross: three perpendicular bars through the centre
   half, w = (0.9 + 0.15 * a) * s, (0.2 + 0.06 * b) * s
   ends, sides = half[..., None] - np.abs(q), w[..., None] - np.abs(q)
-  bars = [np.minimum(ends[..., i], np.minimum(sides[..., (i + 1) % 3], sides[..., (i + 2) % 3]))
-          for i in range(3)]
+  bars = [
+      np.minimum(
+          ends[..., i],
+          np.minimum(sides[..., (i + 1) % 3], sides[..., (i + 2) % 3]),
+      )
+      for i in range(3)
+  ]
   return np.maximum(np.maximum(bars[0], bars[1]), bars[2])
 
 
@@ -98,12 +137,20 @@ def _render(rng, labels, p):
   """Rasterises the shapes of one chunk: uint8 [n, SIZE, SIZE, SIZE]."""
   n = len(labels)
   grid = np.linspace(-1, 1, SIZE, dtype=np.float32)
-  pts = np.stack(np.meshgrid(grid, grid, grid, indexing='ij'), -1).reshape(-1, 3)
+  pts = np.stack(np.meshgrid(grid, grid, grid, indexing='ij'), -1).reshape(
+      -1, 3
+  )
   occ = np.empty((n, len(pts)), np.float32)
   for cls in np.unique(labels):
     m = np.flatnonzero(labels == cls)
-    rot = p['rot'][m]  # local = (pts - center) @ rot, as one matrix product for the whole class
-    local = (pts @ rot.transpose(1, 0, 2).reshape(3, -1)).reshape(-1, len(m), 3).transpose(1, 0, 2)
+    rot = p['rot'][
+        m
+    ]  # local = (pts - center) @ rot, as one matrix product for the whole class
+    local = (
+        (pts @ rot.transpose(1, 0, 2).reshape(3, -1))
+        .reshape(-1, len(m), 3)
+        .transpose(1, 0, 2)
+    )
     local -= p['center'][m, None] @ rot
     f = _inside(int(cls), local, *(p[k][m, None] for k in ('size', 'a', 'b')))
     occ[m] = np.clip(0.5 + f / (2 * _EDGE), 0, 1)
@@ -115,7 +162,11 @@ def _render(rng, labels, p):
   vol *= (p['fg'] - p['bg'])[:, None]
   vol += p['bg'][:, None]
   vol += (p['noise'] * np.sqrt(6, dtype=np.float32))[:, None] * noise
-  return (np.clip(vol, 0, 1) * 255 + 0.5).astype(np.uint8).reshape(n, SIZE, SIZE, SIZE)
+  return (
+      (np.clip(vol, 0, 1) * 255 + 0.5)
+      .astype(np.uint8)
+      .reshape(n, SIZE, SIZE, SIZE)
+  )
 
 
 def generate_split(seed, split_id, n):
@@ -123,23 +174,45 @@ def generate_split(seed, split_id, n):
   rng = np.random.default_rng([seed, split_id])
   labels = rng.integers(0, NUM_CLASSES, n).astype(np.uint8)
   p = _params(rng, labels)
-  chunks = [_render(rng, labels[i:i + _CHUNK], {k: v[i:i + _CHUNK] for k, v in p.items()})
-            for i in range(0, n, _CHUNK)]
-  images = np.concatenate(chunks) if chunks else np.zeros((0, SIZE, SIZE, SIZE), np.uint8)
+  chunks = [
+      _render(
+          rng,
+          labels[i : i + _CHUNK],
+          {k: v[i : i + _CHUNK] for k, v in p.items()},
+      )
+      for i in range(0, n, _CHUNK)
+  ]
+  images = (
+      np.concatenate(chunks)
+      if chunks
+      else np.zeros((0, SIZE, SIZE, SIZE), np.uint8)
+  )
   return images, labels[:, None]
 
 
-def generate(seed=0, num_train=SPLIT_SIZES['train'], num_val=SPLIT_SIZES['val'],
-             num_test=SPLIT_SIZES['test']):
+def generate(
+    seed=0,
+    num_train=SPLIT_SIZES['train'],
+    num_val=SPLIT_SIZES['val'],
+    num_test=SPLIT_SIZES['test'],
+):
   """The whole set as a dict with the MedMNIST keys (train/val/test _images and _labels)."""
   out = {}
-  for split_id, (split, n) in enumerate((('train', num_train), ('val', num_val), ('test', num_test))):
-    out[f'{split}_images'], out[f'{split}_labels'] = generate_split(seed, split_id, n)
+  for split_id, (split, n) in enumerate(
+      (('train', num_train), ('val', num_val), ('test', num_test))
+  ):
+    out[f'{split}_images'], out[f'{split}_labels'] = generate_split(
+        seed, split_id, n
+    )
   return out
 
 
 def _write_atomic(path, data):
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + '.', suffix='.tmp')
+  fd, tmp = tempfile.mkstemp(
+      dir=os.path.dirname(path),
+      prefix=os.path.basename(path) + '.',
+      suffix='.tmp',
+  )
   try:
     with os.fdopen(fd, 'wb') as f:
       f.write(data)
@@ -165,13 +238,23 @@ def write(path, seed=0, **split_sizes):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--out', required=True, help=f'output folder; {FILE_NAME} and its .md5 go there')
+  parser.add_argument(
+      '--out',
+      required=True,
+      help=f'output folder; {FILE_NAME} and its .md5 go there',
+  )
   parser.add_argument('--seed', type=int, default=0)
   for split, n in SPLIT_SIZES.items():
     parser.add_argument(f'--num_{split}', type=int, default=n)
   args = parser.parse_args(argv)
   path = os.path.join(args.out, FILE_NAME)
-  md5 = write(path, args.seed, num_train=args.num_train, num_val=args.num_val, num_test=args.num_test)
+  md5 = write(
+      path,
+      args.seed,
+      num_train=args.num_train,
+      num_val=args.num_val,
+      num_test=args.num_test,
+  )
   print(f'wrote {path} (md5 {md5})')
 
 

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The ablation table of benchmarks/RESULTS.md ("Ablations"): from the shipped recipe, each lever
+# switched off (or, for a lever the recipe leaves out, on) alone, seeds 0 and 1 trained two at a
+# time, one core each; each prints its validation (and test) summary. Run from anywhere:
+#   bash benchmarks/recipe_ablations.sh [name ...]      (default: every row; ROOT=/tmp/acc)
+set -eu
+cd "$(dirname "$0")/.."
+ROOT=${ROOT:-/tmp/acc}
+PY=${PYTHON:-python}
+RECIPE=configs/medmnist3d/vivit_recipe.py:adrenalmnist3d
+declare -A SET=(
+  [recipe]=''
+  [no_label_smoothing]='label_smoothing=0.0'
+  [no_weight_decay]='optimizer_configs.weight_decay=0.0'
+  [no_clipping]='max_grad_norm=0.0'
+  [constant_lr]='lr_configs.factors=constant'
+  [flips]='dataset_configs.augmentation.flip_axes=(0,1,2)'
+  [mixup]='dataset_configs.augmentation.mixup_alpha=0.2'
+  [factorized_encoder]='model.attention_config.type=factorized_encoder'
+  [factorized_dot_product]='model.attention_config.type=factorized_dot_product_attention'
+)
+ORDER=(no_label_smoothing no_weight_decay no_clipping constant_lr flips mixup factorized_encoder
+       factorized_dot_product recipe)
+for name in "${@:-${ORDER[@]}}"; do
+  sets=()
+  for override in ${SET[$name]}; do sets+=("--set=$override"); done
+  echo "== $name: ${SET[$name]}"
+  $PY -m benchmarks.accuracy --config=$RECIPE --workdir="$ROOT/abl_$name" --seeds=0,1 --jobs=2 \
+    "${sets[@]}"
+done
