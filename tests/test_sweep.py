@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from vivit_flax import config_validation, model, sweep, trainer
+from vivit_flax import config_overrides, config_validation, model, sweep, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP_CONFIG = """
@@ -122,7 +122,7 @@ def test_overrides_and_main_py_flags(make_sweep):
       {'lr_configs.base_learning_rate': 0.001},
       {'lr_configs.base_learning_rate': 0.01},
   ]
-  config = sweep.apply_overrides(
+  config = config_overrides.apply_overrides(
       base, {'model.patches.size': (2, 2, 2), 'num_training_steps': 5}
   )
   assert (
@@ -134,9 +134,11 @@ def test_overrides_and_main_py_flags(make_sweep):
       match='config.lr_configs.base_learnin_rate is not in the base '
       'config. Did you mean lr_configs.base_learning_rate',
   ):
-    sweep.apply_overrides(base, {'lr_configs.base_learnin_rate': 1.0})
+    config_overrides.apply_overrides(
+        base, {'lr_configs.base_learnin_rate': 1.0}
+    )
   with pytest.raises(ValueError, match='config.num_training_steps=0.5'):
-    sweep.apply_overrides(base, {'num_training_steps': 0.5})
+    config_overrides.apply_overrides(base, {'num_training_steps': 0.5})
   command = sweep.main_command(
       sweep_config,
       '/w',
@@ -158,7 +160,7 @@ def test_example_sweep_config_is_valid():
   for point in points[
       :4
   ]:  # the four attention variants at the first learning rate
-    config = sweep.apply_overrides(
+    config = config_overrides.apply_overrides(
         base, {**point, 'dataset_configs.download': True}
     )
     config_validation.validate(config, num_devices=1)

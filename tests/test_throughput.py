@@ -1,5 +1,6 @@
-"""Tests for benchmarks/throughput.py (FLOP formula against XLA's cost analysis, the timing core)
-and for the speed rewrites it measures (patch embedding as a matrix product, dropout masks).
+"""Tests for benchmarks.throughput's modules (FLOP formula against XLA's cost analysis, the timing
+core, the profile, config specs) and for the speed rewrites it measures (patch embedding as a
+matrix product, dropout masks).
 """
 
 import json
@@ -11,7 +12,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from benchmarks import throughput
+from benchmarks import config_specs
+from benchmarks import flops
+from benchmarks import matmul_ceiling
+from benchmarks import measure
+from benchmarks import step_bench
+from benchmarks import step_profile
+from benchmarks import throughput_report
+from benchmarks import vivit_b
 from vivit_flax import model, model_utils
 
 INPUT = (8, 16, 16, 3)  # T, H, W, C: 4x4x4 tubelets of 2x4x4 -> 64 tokens.
@@ -20,7 +28,7 @@ NUM_CLASSES = 10
 
 def tiny_config(attention_type):
   """A one-layer ViViT of width 128 (matrix products dominate its FLOPs, as in real models)."""
-  config = throughput.vivit_b_config(attention_type)
+  config = vivit_b.get_config(attention_type)
   m = config.model
   m.hidden_size, m.num_heads, m.mlp_dim, m.num_layers = 128, 2, 512, 1
   m.spatial_transformer = ml_collections.ConfigDict(
@@ -33,17 +41,20 @@ def tiny_config(attention_type):
   return config
 
 
-@pytest.mark.parametrize('attention_type', throughput.VIVIT_B_VARIANTS)
+@pytest.mark.parametrize('attention_type', vivit_b.VARIANTS)
 def test_flop_formula_matches_xla_cost_analysis(attention_type):
   batch = (
       8 * jax.local_device_count()
   )  # Enough examples that the optimizer's work is small.
-  bench = throughput.StepBench(
+  bench = step_bench.StepBench(
       tiny_config(attention_type), INPUT, NUM_CLASSES, batch, batch
   )
-  flops = throughput.model_flops(bench.model.flax_model, INPUT, NUM_CLASSES)
-  for mode, formula in (('eval', flops['forward']), ('train', flops['train'])):
-    xla = throughput.xla_analysis(bench, mode)['xla_flops_per_sample']
+  model_flops = flops.model_flops(bench.model.flax_model, INPUT, NUM_CLASSES)
+  for mode, formula in (
+      ('eval', model_flops['forward']),
+      ('train', model_flops['train']),
+  ):
+    xla = step_bench.xla_analysis(bench, mode)['xla_flops_per_sample']
     # XLA also counts element-wise work (LayerNorm, softmax, GELU, optimizer): a few % more.
     assert formula <= xla <= 1.05 * formula, (mode, formula, xla)
 
@@ -52,17 +63,12 @@ def test_vivit_b_flops_match_the_vivit_paper():
   """Forward multiply-adds of ViViT-B/16x2 on 32x224x224 clips against Table 2 of Arnab et
   al. (2021): 455.2, 284.4, 372.3 and 277.1 GFLOPs (counted as multiply-adds) for Models 1-4.
   """
-  paper = dict(
-      zip(throughput.VIVIT_B_VARIANTS, (455.2e9, 284.4e9, 372.3e9, 277.1e9))
-  )
+  paper = dict(zip(vivit_b.VARIANTS, (455.2e9, 284.4e9, 372.3e9, 277.1e9)))
   for variant, expected in paper.items():
-    config = throughput.vivit_b_config(variant)
+    config = vivit_b.get_config(variant)
     vivit = model.ViViTClassificationModel(config, {'num_classes': 400})
     macs = (
-        throughput.model_flops(vivit.flax_model, throughput.VIVIT_B_INPUT, 400)[
-            'forward'
-        ]
-        / 2
+        flops.model_flops(vivit.flax_model, vivit_b.INPUT, 400)['forward'] / 2
     )
     assert macs == pytest.approx(expected, rel=0.01), variant
 
@@ -71,7 +77,7 @@ def test_measure_runs_a_tiny_config():
   devices = jax.local_device_count()
   config = tiny_config('spacetime')
   config.model.attention_dropout_rate = 0.1  # Exercise the dropout path too.
-  result = throughput.measure(
+  result = measure.measure(
       config,
       input_shape=INPUT,
       num_classes=NUM_CLASSES,
@@ -81,7 +87,7 @@ def test_measure_runs_a_tiny_config():
       warmup=2,
       feed='prefetch',
       sync_every=1,
-      ceiling=throughput.MatmulCeiling(size=128),
+      ceiling=matmul_ceiling.MatmulCeiling(size=128),
   )
   for mode in ('train', 'eval'):
     entry = result[mode]
@@ -90,7 +96,9 @@ def test_measure_runs_a_tiny_config():
     assert 0 < entry['fraction_of_ceiling']
   assert result['batch_sharding_matches_step']
   result['name'] = 'tiny'
-  assert throughput.markdown_row(result).startswith('| tiny | float32 | 8 |')
+  assert throughput_report.markdown_row(result).startswith(
+      '| tiny | float32 | 8 |'
+  )
   json.dumps(result)
 
 
@@ -98,12 +106,12 @@ def test_profile_train_step_accounts_for_the_step(tmp_path):
   devices = jax.local_device_count()
   config = tiny_config('spacetime')
   config.model.attention_dropout_rate = 0.1
-  bench = throughput.StepBench(
+  bench = step_bench.StepBench(
       config, INPUT, NUM_CLASSES, 2 * devices, 2 * devices
   )
-  profile = throughput.profile_train_step(bench, 2, str(tmp_path))
+  profile = step_profile.profile_train_step(bench, 2, str(tmp_path))
   per_kind = profile['ms_per_step_and_device']
-  assert set(per_kind) == set(throughput.PROFILE_KINDS)
+  assert set(per_kind) == set(step_profile.PROFILE_KINDS)
   for kind in (
       'matrix products',
       'random bits for dropout',
@@ -119,7 +127,7 @@ def test_profile_train_step_accounts_for_the_step(tmp_path):
 
 
 def test_load_config_applies_overrides(tmp_path):
-  config = throughput.load_config(
+  config = config_specs.load_config(
       'configs/organmnist3d/vivit_keras_baseline.py',
       [
           'model_dtype_str=bfloat16',
@@ -130,7 +138,7 @@ def test_load_config_applies_overrides(tmp_path):
   assert config.model_dtype_str == 'bfloat16'
   assert tuple(config.model.patches.size) == (7, 7, 7)
   assert config.model.attention_implementation == 'xla'
-  assert throughput.input_spec(config) == ((28, 28, 28, 1), 11)
+  assert config_specs.input_spec(config) == ((28, 28, 28, 1), 11)
 
 
 @pytest.mark.parametrize('patch, kernel_dims', [((4, 7, 5), 3), ((1, 7, 5), 2)])

@@ -21,12 +21,9 @@ to `<workdir>/results.csv` and `<workdir>/results.md`.
 from __future__ import annotations
 
 import concurrent.futures
-import copy
 import csv
-import difflib
 import functools
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -39,7 +36,7 @@ import tqdm
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vivit_flax import config_validation, trainer
+from vivit_flax import config_overrides, config_validation, trainer
 
 MAIN = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'main.py'
@@ -96,15 +93,6 @@ class Hyper:
     return [functools.reduce(_merge, group, {}) for group in zip(*sweeps)]
 
 
-def _load_module(config_path: str):
-  spec = importlib.util.spec_from_file_location('_sweep_config', config_path)
-  if spec is None:
-    raise FileNotFoundError(f'Cannot load the config file {config_path}.')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def load_sweep(
     config_path: str,
 ) -> tuple[ml_collections.ConfigDict, list[dict[str, Any]]]:
@@ -112,7 +100,7 @@ def load_sweep(
   'config.' prefix) of the sweep config file at `config_path`."""
   if not os.path.exists(config_path):
     raise FileNotFoundError(f'The sweep config {config_path} does not exist.')
-  module = _load_module(config_path)
+  module = config_overrides.load_module(config_path)
   if not hasattr(module, 'get_hyper'):
     raise ValueError(
         f'{config_path} defines no get_hyper(hyper), so there is nothing to sweep.'
@@ -124,36 +112,6 @@ def load_sweep(
   if not points:
     raise ValueError(f'get_hyper of {config_path} returned no points.')
   return module.get_config(), points
-
-
-def apply_overrides(
-    config: ml_collections.ConfigDict, overrides: dict[str, Any]
-) -> ml_collections.ConfigDict:
-  """A copy of `config` with each dotted key of `overrides` set; every key must exist."""
-  config = copy.deepcopy(config)
-  for key, value in overrides.items():
-    node, parts = config, key.split('.')
-    for i, part in enumerate(parts):
-      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-        known = (
-            list(node.keys())
-            if isinstance(node, ml_collections.ConfigDict)
-            else []
-        )
-        close = difflib.get_close_matches(part, known, n=1)
-        hint = f' Did you mean {".".join(parts[:i] + close)}?' if close else ''
-        raise ValueError(
-            f'Sweep key config.{key} is not in the base config.{hint}'
-        )
-      if i < len(parts) - 1:
-        node = node[part]
-    try:
-      node[parts[-1]] = value
-    except TypeError as error:
-      raise ValueError(
-          f'Sweep value config.{key}={value!r}: {error}'
-      ) from error
-  return config
 
 
 def _name_value(value: Any) -> str:
@@ -328,7 +286,10 @@ def run_sweep(
         f'Two sweep points share the sub-workdir name {twice!r}; make their values '
         'differ in letters or digits.'
     )
-  configs = [apply_overrides(base, {**overrides, **point}) for point in points]
+  configs = [
+      config_overrides.apply_overrides(base, {**overrides, **point})
+      for point in points
+  ]
   for name, config in zip(names, configs):
     try:
       config_validation.validate(config, num_devices=1)
