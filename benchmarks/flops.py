@@ -1,4 +1,4 @@
-"""Model FLOPs per sample of a ViViT by formula (matrix products only), from its config."""
+"""Model FLOPs per sample of a ViViT by formula (matrix products only), from the model's sizes."""
 
 
 def model_flops(flax_model, input_shape, num_classes):

@@ -18,6 +18,7 @@ FEEDS = ('device', 'prefetch', 'host')
 def pmapped_steps(model, config, learning_rate_fn, donate=True):
   """The pmapped train and eval steps of `model`, built as vivit_flax.trainer.Trainer builds them.
 
+  A copy of the construction in Trainer.__init__, which exposes none to share; keep the two alike.
   `donate=False` keeps the train state's buffers (the trainer donates them).
   """
   p_train_step = jax.pmap(
