@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import sys
 
-import jax
 import numpy as np
 
-from vivit_flax import checkpoints, datasets, evaluation, inference, model, train_utils
+from vivit_flax import datasets, evaluation, inference
 
 VARIANTS = {  # name: (moving average, TTA flip axes)
     'as trained (EMA if kept, no TTA)': (True, ()),
@@ -28,21 +27,18 @@ def validation_auc(
     workdir: str, moving_average: bool, flip_axes: tuple[int, ...]
 ) -> float:
   """Validation AUC of the newest checkpoint of `workdir` under one evaluation variant."""
-  config = inference.load_config(workdir)
-  params, meta = checkpoints.restore_params(
-      workdir, 'latest', moving_average=moving_average
+  dataset = datasets.get_dataset(
+      inference.load_config(workdir), local_device_count=1
   )
-  meta['input_shape'] = tuple(meta['input_shape'])
-  flax_model = model.get_model_cls(config.model_name)(config, meta).flax_model
-  images, labels = datasets.get_dataset(config, local_device_count=1).arrays(
-      'validation'
+  images, labels = dataset.arrays('validation')
+  predict = inference.load_predictor(
+      workdir,
+      'latest',
+      moving_average=moving_average,
+      tta_flip_axes=flip_axes,
   )
-  probabilities = jax.jit(
-      lambda x: train_utils.predict(flax_model.apply, params, x, flip_axes)[1]
-  )
-  x = images.astype(np.float32) / 255 if images.dtype == np.uint8 else images
   return evaluation.medmnist_auc(
-      labels, np.asarray(probabilities(x)), meta['task']
+      labels, predict(images), dataset.meta_data['task']
   )
 
 

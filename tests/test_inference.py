@@ -11,6 +11,7 @@ import pytest
 
 from configs.synthetic import vivit_smoke
 from vivit_flax import checkpoints, inference, train_utils, trainer
+from vivit_flax.datasets import augmentation
 
 STEPS = 12
 
@@ -57,6 +58,31 @@ def test_predictor_returns_the_probabilities_evaluation_scored(run):
   params, _ = checkpoints.restore_params(workdir, 'latest')
   jax.tree_util.tree_map(
       np.testing.assert_array_equal, params, jax.device_get(state.ema_params)
+  )
+
+
+def test_predictor_serves_raw_parameters_and_other_flips_when_asked(run):
+  config, workdir, _ = run
+  run_trainer = trainer.Trainer(config, workdir)
+  state = run_trainer.initial_state()
+  images, _ = run_trainer.dataset.arrays('test')
+  raw_no_tta = inference.load_predictor(
+      workdir, 'latest', moving_average=False, tta_flip_axes=()
+  )(images)
+  _, expected = train_utils.predict(
+      state.apply_fn,
+      jax.device_get(state.params),
+      augmentation.as_float_volumes(images),
+      (),
+  )
+  np.testing.assert_allclose(raw_no_tta, expected, rtol=1e-5, atol=1e-6)
+  default = inference.load_predictor(workdir, 'latest')(images)
+  assert not np.allclose(raw_no_tta, default, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(
+      inference.load_predictor(
+          workdir, 'latest', tta_flip_axes=config.tta_flip_axes
+      )(images),
+      default,
   )
 
 

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 
 from vivit_flax import checkpoints, model, train_utils
+from vivit_flax.datasets import augmentation
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -26,24 +27,34 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def load_predictor(
-    workdir: str, checkpoint: str = 'best'
+    workdir: str,
+    checkpoint: str = 'best',
+    *,
+    moving_average: bool = True,
+    tta_flip_axes: tuple[int, ...] | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
   """A function from volumes to class probabilities, using a checkpoint in `workdir`.
 
   `checkpoint`: 'best' (the best-on-validation one that config.best_checkpoint_metric kept,
-  else the newest) or 'latest' (the newest). It predicts as evaluation scored: with the
-  moving-average parameters where the run kept them, and averaging over the flips of
-  config.tta_flip_axes (`train_utils.predict`).
+  else the newest) or 'latest' (the newest). By default it predicts as evaluation scored:
+  with the moving-average parameters where the run kept them, and averaging over the flips
+  of config.tta_flip_axes (`train_utils.predict`). `moving_average=False` serves the
+  optimizer's own parameters instead; `tta_flip_axes` (e.g. `()` for none) replaces the
+  config's flips.
 
   The function takes uint8 volumes `[N, T, H, W]` or `[N, T, H, W, C]` (depth first, as
   MedMNIST stores them; float input is taken as already scaled to [0, 1]) and returns
   float32 probabilities `[N, num_classes]`.
   """
   config = load_config(workdir)
-  params, meta = checkpoints.restore_params(workdir, checkpoint)
+  params, meta = checkpoints.restore_params(
+      workdir, checkpoint, moving_average=moving_average
+  )
   meta['input_shape'] = tuple(meta['input_shape'])
   flax_model = model.get_model_cls(config.model_name)(config, meta).flax_model
-  flip_axes = tuple(config.get('tta_flip_axes') or ())
+  if tta_flip_axes is None:
+    tta_flip_axes = config.get('tta_flip_axes') or ()
+  flip_axes = tuple(tta_flip_axes)
   expected = meta['input_shape'][1:]
 
   @jax.jit
@@ -59,10 +70,7 @@ def load_predictor(
           f'Expected volumes of shape [N, {", ".join(map(str, expected[:-1]))}] or '
           f'[N, {", ".join(map(str, expected))}]; got {volumes.shape}.'
       )
-    if volumes.dtype == np.uint8:
-      x = volumes.astype(np.float32) / 255.0
-    else:
-      x = volumes.astype(np.float32)
+    x = augmentation.as_float_volumes(volumes)
     return np.asarray(probabilities(jnp.asarray(x)))
 
   return predict

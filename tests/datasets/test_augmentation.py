@@ -160,3 +160,18 @@ def test_bad_axes_are_refused_with_the_fix():
     augmentation.VolumeAugmentation(
         _options(rotate_planes=((1, 1),)), images, 8
     )
+
+
+def test_as_float_volumes_scales_uint8_to_unit_interval_and_casts_floats():
+  levels = np.arange(256, dtype=np.uint8).reshape(4, 4, 4, 4)
+  scaled = augmentation.as_float_volumes(levels)
+  assert scaled.dtype == np.float32 and scaled.shape == levels.shape
+  np.testing.assert_allclose(scaled, levels / 255.0, rtol=0, atol=1e-7)
+  assert scaled.min() == 0.0 and scaled.max() == 1.0
+  floats = np.random.default_rng(0).random((2, 3, 3, 3))
+  cast = augmentation.as_float_volumes(floats)
+  assert cast.dtype == np.float32
+  np.testing.assert_array_equal(cast, floats.astype(np.float32))
+  assert not np.shares_memory(
+      augmentation.as_float_volumes(cast), cast
+  )  # A new array: callers zero padded rows in place.

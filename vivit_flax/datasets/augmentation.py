@@ -28,6 +28,17 @@ import numpy as np
 _SALT = 0xA46  # Keeps augmentation draws apart from the draws of the training order.
 
 
+def as_float_volumes(volumes: np.ndarray) -> np.ndarray:
+  """`volumes` as a new float32 array in [0, 1]: uint8 scaled by 1/255, float data only cast.
+
+  The one scaling of the project's inputs (training and evaluation batches, augmentation,
+  inference); it lives here, the lowest datasets module, because input_pipeline imports this one.
+  """
+  if volumes.dtype == np.uint8:
+    return np.multiply(volumes, np.float32(1 / 255), dtype=np.float32)
+  return volumes.astype(np.float32)
+
+
 def _is_binary(images: np.ndarray) -> bool:
   """True when the examples hold only two values (a segmentation mask, no intensities)."""
   sample = images[: min(len(images), 64)]
@@ -106,7 +117,7 @@ class VolumeAugmentation:
       return np.stack(
           [
               self._transform(
-                  _as_float(images[global_idx[j]]),
+                  as_float_volumes(images[global_idx[j]]),
                   {k: v[j] for k, v in draws.items()},
               )
               for j in positions
@@ -157,14 +168,6 @@ class VolumeAugmentation:
     if self.intensity:
       volume = np.clip(volume * draw['gain'] + draw['offset'], 0.0, 1.0)
     return np.ascontiguousarray(volume, np.float32)
-
-
-def _as_float(volume):
-  return (
-      np.multiply(volume, np.float32(1 / 255), dtype=np.float32)
-      if volume.dtype == np.uint8
-      else volume.astype(np.float32)
-  )
 
 
 def _shift(volume, shift):

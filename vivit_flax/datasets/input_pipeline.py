@@ -3,7 +3,7 @@
 Examples are `[N, T, H, W, C]` arrays (a MedMNIST volume `[N, D, H, W]` enters as `[N, D, H, W, 1]`: its
 depth axis D is the time axis T). Batches are dicts of numpy arrays shaped for pmap:
   'inputs'     float32 [local_devices, per_device_batch, T, H, W, C] in [0, 1]
-               (uint8 is scaled by 1/255 per batch; float data is passed through as float32),
+               (augmentation.as_float_volumes: uint8 is scaled by 1/255 per batch, float data cast),
   'label'      float32 one-hot [local_devices, per_device_batch, num_classes],
   'batch_mask' float32 [local_devices, per_device_batch] (0 marks evaluation padding).
 
@@ -74,11 +74,7 @@ def _ordered_map(fn, items, num_workers):
 
 def _make_batch(images, labels, idx, valid, eye, local_device_count):
   """Gathers examples `idx` into a device-shaped batch; rows where `valid` is False become zero padding."""
-  x = images[idx]
-  if x.dtype == np.uint8:
-    x = np.multiply(x, np.float32(1 / 255), dtype=np.float32)
-  else:
-    x = x.astype(np.float32)
+  x = augmentation_lib.as_float_volumes(images[idx])
   onehot = eye[labels[idx]]
   mask = valid.astype(np.float32)
   if not valid.all():
