@@ -18,9 +18,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
+from flax import jax_utils
 
 from vivit_flax import checkpoints, datasets, evaluation, model, pretrained, train_utils
-from vivit_flax.datasets import input_pipeline
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -188,6 +188,14 @@ class Trainer:
           self.checkpoint_metadata(),
       )
 
+  def on_devices(self, batches):
+    """Host `batches` prefetched onto the local devices, sharded along the steps' axis."""
+    return jax_utils.prefetch_to_device(
+        batches,
+        self.config.dataset_configs.get('prefetch_to_device', 2),
+        axis_name=train_utils.AXIS_NAME,
+    )
+
   def evaluate(
       self, state, split: str, step: int, prefix: str | None = None
   ) -> tuple[dict[str, float], dict]:
@@ -195,10 +203,7 @@ class Trainer:
     results, predictions = evaluation.evaluate(
         self.p_eval_step,
         state,
-        input_pipeline.prefetch_to_device(
-            self.dataset.eval_iter(split),
-            self.config.dataset_configs.get('prefetch_to_device', 2),
-        ),
+        self.on_devices(self.dataset.eval_iter(split)),
         task=self.meta['task'],
     )
     prefix = prefix or ('valid' if split == 'validation' else split)
@@ -277,10 +282,7 @@ class Trainer:
     report = periodic_actions.ReportProgress(
         num_train_steps=self.total_steps, writer=self.writer, every_secs=10.0
     )
-    train_iter = input_pipeline.prefetch_to_device(
-        self.dataset.train_iter(start_step),
-        config.dataset_configs.get('prefetch_to_device', 2),
-    )
+    train_iter = self.on_devices(self.dataset.train_iter(start_step))
     logging.info(
         'Training steps %d..%d (%d per epoch) on %d devices (%d processes).',
         start_step + 1,

@@ -7,7 +7,9 @@ import time
 import jax
 import numpy as np
 import pytest
+from flax import jax_utils
 
+from vivit_flax import model
 from vivit_flax.datasets import input_pipeline
 
 NUM_CLASSES = 5
@@ -272,7 +274,8 @@ def test_batch_size_must_split_over_devices():
     )
 
 
-def test_prefetch_to_device_shards_ahead():
+def test_batches_prefetch_to_device_ahead_one_shard_per_device():
+  """The trainer's feed: flax.jax_utils.prefetch_to_device over these batches."""
   devices = jax.local_devices()
   images, labels = _data(40)
   consumed = []
@@ -297,7 +300,7 @@ def test_prefetch_to_device_shards_ahead():
           local_device_count=len(devices),
       )
   )
-  it = input_pipeline.prefetch_to_device(source(), 2)
+  it = jax_utils.prefetch_to_device(source(), 2, axis_name=model.AXIS_NAME)
   first = next(it)
   assert len(consumed) == 2
   out = [first] + list(it)

@@ -1,4 +1,4 @@
-"""Host-side batch iterators over in-memory numpy arrays, and prefetching onto local devices.
+"""Host-side batch iterators over in-memory numpy arrays.
 
 Examples are `[N, T, H, W, C]` arrays (a MedMNIST volume `[N, D, H, W]` enters as `[N, D, H, W, 1]`: its
 depth axis D is the time axis T). Batches are dicts of numpy arrays shaped for pmap:
@@ -14,6 +14,7 @@ count. Evaluation pads the split to a multiple of the global batch with masked, 
 
 Each batch is a pure function of its step, so `num_workers` threads build the next batches ahead of use
 (numpy releases the GIL while gathering and converting); the order of the batches never depends on them.
+The trainer puts the batches on its local devices with `flax.jax_utils.prefetch_to_device`.
 """
 
 import collections
@@ -22,7 +23,6 @@ import functools
 import itertools
 import os
 
-import jax
 import numpy as np
 
 from vivit_flax.datasets import augmentation as augmentation_lib
@@ -198,28 +198,3 @@ def eval_iterator(
       range(num_eval_steps(n, batch_size)),
       num_workers or default_num_workers(),
   )
-
-
-def prefetch_to_device(iterator, size, devices=None):
-  """Yields the batches of `iterator` as device arrays sharded along their leading (local device) axis.
-
-  `devices` defaults to jax.local_devices() (pmap's order). `size` batches are kept in flight, so
-  host-to-device copies overlap the computation.
-  """
-  devices = jax.local_devices() if devices is None else devices
-  mesh = jax.sharding.Mesh(np.array(devices), ('batch',))
-  sharding = jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec('batch')
-  )
-  queue = collections.deque()
-
-  def enqueue(k):
-    for batch in itertools.islice(iterator, k):
-      queue.append(
-          jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), batch)
-      )
-
-  enqueue(max(size, 1))
-  while queue:
-    yield queue.popleft()
-    enqueue(1)
