@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from configs.medmnist3d import vivit_recipe
 from configs.organmnist3d import vivit_keras_baseline
 from configs.synthetic import vivit_demo, vivit_smoke
-from vivit_flax import model, train_utils
+from vivit_flax import config_validation, model, train_utils
 from vivit_flax.config_validation import ConfigError, validate
 from vivit_flax.datasets import medmnist3d
 
@@ -110,6 +110,46 @@ def test_keys_the_dataset_and_model_read_are_known():
           }
       ),
       num_devices=1,
+  )
+
+
+def test_unused_scenic_keys_are_named_in_one_warning(caplog):
+  config = _smoke(
+      **{
+          'dataset_configs.num_test_clips': 4,
+          'dataset_configs.do_multicrop_test': False,
+          'multicrop_clips_per_device': 2,
+          'debug_train': True,
+          'debug_eval': False,
+          'trainer_name': 'vivit_trainer',
+      }
+  )
+  with caplog.at_level('WARNING'):
+    validate(config, num_devices=1)
+  warnings = [
+      r.getMessage() for r in caplog.records if 'Scenic' in r.getMessage()
+  ]
+  assert warnings == [
+      'These Scenic config keys have no effect in this project and are '
+      'ignored: config.dataset_configs.num_test_clips, '
+      'config.multicrop_clips_per_device, config.debug_train.'
+  ]
+  caplog.clear()
+  with caplog.at_level('WARNING'):
+    validate(_smoke(), num_devices=1)
+  assert not [r for r in caplog.records if 'Scenic' in r.getMessage()]
+
+
+def test_unused_scenic_keys_are_accepted_keys():
+  for path in config_validation.UNUSED_SCENIC_KEYS:
+    node = config_validation.SCHEMA
+    for part in path.split('.'):
+      node = node[part]
+
+
+def test_trainer_name_is_the_vivit_trainer():
+  assert "config.trainer_name='trainer' is not one of 'vivit_trainer'" in (
+      _error(_smoke(trainer_name='trainer'))
   )
 
 

@@ -2,7 +2,8 @@
 
 Every problem raises `ConfigError` with a message that says what to change. The schema
 below lists every key the project reads, with its accepted types; keys that only Scenic's
-configs carry (augmentation, multicrop evaluation, ...) are accepted and ignored. Rules that
+configs carry (its video pipeline, multicrop evaluation, debug modes) are accepted so those
+configs load, and the ones a config sets are named in one warning (`UNUSED_SCENIC_KEYS`). Rules that
 belong to another module are not restated here: the dataset modules resolve data paths and
 report missing files, the model checks its own options and, traced abstractly on the
 dataset's input shape, whether its patches tile the input, and train_utils checks the
@@ -15,6 +16,7 @@ import difflib
 import os
 from typing import Any
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -147,6 +149,31 @@ SCHEMA: dict[str, Any] = {
     'tta_flip_axes': _SEQ,
 }
 
+# Scenic keys the schema accepts but nothing here reads, each with the value that asks for what
+# this project does anyway (None: any value asks for something it does not do). `validate`
+# names, in one warning, every one a config sets to something else.
+UNUSED_SCENIC_KEYS: dict[str, Any] = {
+    'dataset_configs.base_dir': None,
+    'dataset_configs.tables': None,
+    'dataset_configs.examples_per_subset': None,
+    'dataset_configs.num_classes': None,
+    'dataset_configs.num_frames': None,
+    'dataset_configs.stride': None,
+    'dataset_configs.min_resize': None,
+    'dataset_configs.crop_size': None,
+    'dataset_configs.one_hot_labels': None,
+    'dataset_configs.zero_centering': None,
+    'dataset_configs.do_multicrop_test': False,
+    'dataset_configs.log_test_epochs': None,
+    'dataset_configs.num_test_clips': None,
+    'dataset_configs.test_batch_size': None,
+    'dataset_configs.do_three_spatial_crops': False,
+    'dataset_configs.augmentation_params': None,
+    'multicrop_clips_per_device': None,
+    'debug_train': False,
+    'debug_eval': False,
+}
+
 REQUIRED = (
     'dataset_name',
     'dataset_configs',
@@ -163,6 +190,8 @@ REQUIRED = (
 CHOICES = {
     'dataset_name': ('medmnist3d', 'synthetic3d', 'npz_video'),
     'model_name': ('vivit_classification',),
+    # Scenic's name for the trainer of its ViViT project, the one this project implements.
+    'trainer_name': ('vivit_trainer',),
     'model_dtype_str': tuple(model.MODEL_DTYPES),
     'data_dtype_str': ('float32',),
     'optimizer': ('adam', 'adamw', 'momentum'),
@@ -349,6 +378,15 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
     )
 
 
+def unused_keys(config: ml_collections.ConfigDict) -> list[str]:
+  """The keys of `UNUSED_SCENIC_KEYS` that `config` sets to a value that would ask for something."""
+  return [
+      path
+      for path, inert in UNUSED_SCENIC_KEYS.items()
+      if _get(config, path) not in (None, inert)
+  ]
+
+
 def check_batch_sizes(
     config: ml_collections.ConfigDict, num_devices: int
 ) -> None:
@@ -451,9 +489,19 @@ def _check_training(config: ml_collections.ConfigDict) -> None:
 def validate(
     config: ml_collections.ConfigDict, num_devices: int | None = None
 ) -> None:
-  """Raises ConfigError for the first problem found in `config` (`num_devices`: default all)."""
+  """Raises ConfigError for the first problem found in `config` (`num_devices`: default all).
+
+  Logs one warning naming the Scenic keys it sets that this project does not use.
+  """
   _check_keys(config, SCHEMA, '')
   _check_values(config)
+  unused = unused_keys(config)
+  if unused:
+    logging.warning(
+        'These Scenic config keys have no effect in this project and are '
+        'ignored: %s.',
+        ', '.join(f'config.{path}' for path in unused),
+    )
   check_batch_sizes(
       config, jax.device_count() if num_devices is None else num_devices
   )
