@@ -3,10 +3,10 @@
 import time
 
 import jax
+from flax import jax_utils
 
 from benchmarks import timing
-from vivit_flax import datasets
-from vivit_flax.datasets import input_pipeline
+from vivit_flax import datasets, train_utils
 
 
 def throughput(config, batches=50, windows=5):
@@ -16,8 +16,10 @@ def throughput(config, batches=50, windows=5):
   for name in ('host', 'prefetch_to_device'):
     iterator = dataset.train_iter(0)
     if name == 'prefetch_to_device':
-      iterator = input_pipeline.prefetch_to_device(
-          iterator, config.dataset_configs.get('prefetch_to_device', 2)
+      iterator = jax_utils.prefetch_to_device(
+          iterator,
+          config.dataset_configs.get('prefetch_to_device', 2),
+          axis_name=train_utils.AXIS_NAME,
       )
     next(iterator)
     rates = []

@@ -5,13 +5,14 @@ import time
 
 import jax
 import numpy as np
+from flax import jax_utils
 
 from vivit_flax import model as vivit_model
 from vivit_flax import train_utils
 from vivit_flax.datasets import input_pipeline
 
 # How StepBench feeds its steps: one batch placed on the devices beforehand; a new host batch
-# per step through input_pipeline.prefetch_to_device (as the trainer); numpy batches as they are.
+# per step through flax.jax_utils.prefetch_to_device (as the trainer); numpy batches as they are.
 FEEDS = ('device', 'prefetch', 'host')
 
 
@@ -114,7 +115,11 @@ class StepBench:
         for mode, b in (('train', batch_size), ('eval', eval_batch_size))
     }
     self.on_device = {
-        mode: next(input_pipeline.prefetch_to_device(iter(batches[:1]), 1))
+        mode: next(
+            jax_utils.prefetch_to_device(
+                iter(batches[:1]), 1, axis_name=train_utils.AXIS_NAME
+            )
+        )
         for mode, batches in self.host.items()
     }
     self.steps_done = {'train': 0, 'eval': 0}
@@ -125,7 +130,9 @@ class StepBench:
       return iter([self.on_device[mode]] * steps)
     host = (self.host[mode][i % 2] for i in range(steps))
     if self.feed == 'prefetch':
-      return input_pipeline.prefetch_to_device(host, 2)
+      return jax_utils.prefetch_to_device(
+          host, 2, axis_name=train_utils.AXIS_NAME
+      )
     return host
 
   def run(self, mode, steps):

@@ -96,7 +96,7 @@ def define_flags():
       'device',
       step_bench.FEEDS,
       'device: one batch placed on the devices beforehand; '
-      'prefetch: a new host batch per step through input_pipeline.prefetch_to_device '
+      'prefetch: a new host batch per step through flax.jax_utils.prefetch_to_device '
       '(as the trainer); host: numpy batches handed to the step.',
   )
   flags.DEFINE_list(
