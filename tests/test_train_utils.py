@@ -56,8 +56,18 @@ def test_gradient_clipping_bounds_the_update():
 def test_unknown_optimizer_is_named():
   config = _config()
   config.optimizer = 'adamax'
-  with pytest.raises(ValueError, match="'adamax'"):
+  with pytest.raises(ValueError, match="'adamax'.*'adam', 'adamw', 'momentum'"):
     train_utils.create_optimizer(config, lambda _: 1.0)
+
+
+@pytest.mark.parametrize('name', sorted(train_utils.OPTIMIZERS))
+def test_every_optimizer_moves_the_parameters_downhill(name):
+  config = _config()
+  config.optimizer = name
+  tx = train_utils.create_optimizer(config, lambda _: 0.1)
+  params = {'w': jnp.ones(4)}
+  updates, _ = tx.update({'w': jnp.ones(4)}, tx.init(params), params)
+  assert (np.asarray(updates['w']) < 0).all()
 
 
 def _smoke_setup(num_classes=11, global_batch=16):

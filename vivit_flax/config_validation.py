@@ -186,20 +186,20 @@ REQUIRED = (
     'rng_seed',
 )
 
-# Choices the model module defines are taken from it, so the two cannot drift apart.
+# Choices that the modules implementing them define are taken from them, so they cannot drift apart.
 CHOICES = {
     'dataset_name': ('medmnist3d', 'synthetic3d', 'npz_video'),
-    'model_name': ('vivit_classification',),
+    'model_name': tuple(model.MODELS),
     # Scenic's name for the trainer of its ViViT project, the one this project implements.
     'trainer_name': ('vivit_trainer',),
     'model_dtype_str': tuple(model.MODEL_DTYPES),
     'data_dtype_str': ('float32',),
-    'optimizer': ('adam', 'adamw', 'momentum'),
+    'optimizer': tuple(train_utils.OPTIMIZERS),
     'model.classifier': model.CLASSIFIERS,
     'model.positional_embedding': model.POSITIONAL_EMBEDDINGS,
     'model.attention_config.type': model.ATTENTION_TYPES,
     'model.attention_config.attention_order': tuple(model.ATTENTION_ORDERS),
-    'model.temporal_encoding_config.method': ('3d_conv', 'temporal_sampling'),
+    'model.temporal_encoding_config.method': model_utils.TEMPORAL_ENCODINGS,
     'model.temporal_encoding_config.kernel_init_method': tuple(
         model_utils.TUBELET_INITIALIZERS
     ),

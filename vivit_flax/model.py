@@ -437,7 +437,7 @@ class ViViT(nn.Module):
     _check_choice(
         'config.model.temporal_encoding_config.method',
         self.tokenizer,
-        ('3d_conv', 'temporal_sampling'),
+        model_utils.TEMPORAL_ENCODINGS,
     )
     _check_choice(
         'config.model.temporal_encoding_config.kernel_init_method',
@@ -458,11 +458,14 @@ class ViViT(nn.Module):
         self.classifier == 'token'
         and self.attention_type in TOKENLESS_ATTENTION_TYPES
     ):
+      pools = [c for c in CLASSIFIERS if c != 'token']
+      with_token = [
+          a for a in ATTENTION_TYPES if a not in TOKENLESS_ATTENTION_TYPES
+      ]
       raise ValueError(
           f"classifier='token' is not supported with attention type "
           f"'{self.attention_type}' (as in Scenic): set config.model.classifier"
-          " to 'gap', 'gmp' or 'gsp', or use attention type 'spacetime' or "
-          "'factorized_encoder'."
+          f' to one of {pools}, or use an attention type among {with_token}.'
       )
     if len(self.stem_features) != len(self.stem_strides) or any(
         s < 1 for s in self.stem_strides
@@ -819,13 +822,14 @@ def _weights(batch: dict, logits: jax.Array) -> jax.Array:
   return jnp.asarray(mask, jnp.float32)
 
 
-_MODELS = {'vivit_classification': ViViTClassificationModel}
+# config.model_name -> its model class.
+MODELS = {'vivit_classification': ViViTClassificationModel}
 
 
 def get_model_cls(model_name: str):
   """The model class registered under config.model_name."""
-  if model_name not in _MODELS:
+  if model_name not in MODELS:
     raise ValueError(
-        f'Unknown model_name {model_name!r}; use one of ' f'{list(_MODELS)}.'
+        f'Unknown model_name {model_name!r}; use one of {list(MODELS)}.'
     )
-  return _MODELS[model_name]
+  return MODELS[model_name]

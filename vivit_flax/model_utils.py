@@ -11,6 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 
 _DIM_NAMES = ('time', 'height', 'width')
+# Tokenisers (config.model.temporal_encoding_config.method): tubelets of a 3D
+# convolution, or 2D patches of uniformly sampled frames.
+TEMPORAL_ENCODINGS = ('3d_conv', 'temporal_sampling')
 
 
 def divisors(n: int) -> list[int]:
@@ -89,8 +92,8 @@ def token_grid(
     checks = ((0, t_in, pt), (1, h_in, ph), (2, w_in, pw))
   else:
     raise ValueError(
-        f'Unknown temporal_encoding_config.method {tokenizer!r}: use '
-        "'3d_conv' or 'temporal_sampling'."
+        f'Unknown temporal_encoding_config.method {tokenizer!r}: use one of '
+        f'{", ".join(repr(t) for t in TEMPORAL_ENCODINGS)}.'
     )
 
   counts = {0: t_tokens}

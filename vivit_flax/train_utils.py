@@ -112,37 +112,49 @@ def create_learning_rate_fn(
   return learning_rate
 
 
+def _adam(learning_rate_fn: Callable, opt: ml_collections.ConfigDict):
+  return optax.adam(
+      learning_rate_fn,
+      b1=opt.get('beta1', 0.9),
+      b2=opt.get('beta2', 0.999),
+      eps=opt.get('epsilon', 1e-8),
+  )
+
+
+def _adamw(learning_rate_fn: Callable, opt: ml_collections.ConfigDict):
+  return optax.adamw(
+      learning_rate_fn,
+      b1=opt.get('beta1', 0.9),
+      b2=opt.get('beta2', 0.999),
+      eps=opt.get('epsilon', 1e-8),
+      weight_decay=opt.get('weight_decay', 1e-4),
+  )
+
+
+def _momentum(learning_rate_fn: Callable, opt: ml_collections.ConfigDict):
+  return optax.sgd(
+      learning_rate_fn,
+      momentum=opt.get('momentum', 0.9),
+      nesterov=opt.get('nesterov', False),
+  )
+
+
+# config.optimizer -> its optax builder(learning_rate_fn, config.optimizer_configs).
+OPTIMIZERS = {'adam': _adam, 'adamw': _adamw, 'momentum': _momentum}
+
+
 def create_optimizer(
     config: ml_collections.ConfigDict, learning_rate_fn: Callable
 ) -> optax.GradientTransformation:
   """The optax optimizer named by `config.optimizer`, with global-norm clipping when set."""
   opt = config.get('optimizer_configs') or ml_collections.ConfigDict()
   name = config.optimizer
-  if name == 'adam':
-    tx = optax.adam(
-        learning_rate_fn,
-        b1=opt.get('beta1', 0.9),
-        b2=opt.get('beta2', 0.999),
-        eps=opt.get('epsilon', 1e-8),
-    )
-  elif name == 'adamw':
-    tx = optax.adamw(
-        learning_rate_fn,
-        b1=opt.get('beta1', 0.9),
-        b2=opt.get('beta2', 0.999),
-        eps=opt.get('epsilon', 1e-8),
-        weight_decay=opt.get('weight_decay', 1e-4),
-    )
-  elif name == 'momentum':
-    tx = optax.sgd(
-        learning_rate_fn,
-        momentum=opt.get('momentum', 0.9),
-        nesterov=opt.get('nesterov', False),
-    )
-  else:
+  if name not in OPTIMIZERS:
     raise ValueError(
-        f"Unknown optimizer {name!r}: use 'adam', 'adamw' or 'momentum'."
+        f'Unknown optimizer {name!r}: use one of '
+        f'{", ".join(repr(n) for n in OPTIMIZERS)}.'
     )
+  tx = OPTIMIZERS[name](learning_rate_fn, opt)
   if config.get('max_grad_norm'):
     tx = optax.chain(optax.clip_by_global_norm(float(config.max_grad_norm)), tx)
   return tx
