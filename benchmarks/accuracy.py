@@ -18,7 +18,7 @@ import json
 import os
 import subprocess
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from absl import app, flags
@@ -38,6 +38,12 @@ flags.DEFINE_multi_string(
 )
 flags.DEFINE_integer(
     'jobs', 1, 'Seeds trained at once, each on its own share of the CPU cores.'
+)
+flags.DEFINE_list(
+    'splits',
+    ['test', 'validation'],
+    'Splits summarised; --splits=validation for ablations, whose choices are'
+    ' made on validation alone (the test scores stay unread in results.json).',
 )
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -91,28 +97,34 @@ def train_seed(
   return {'seed': seed, 'results': results, **timing}
 
 
-def _scores(results: dict[str, Any], which: str) -> dict[str, float]:
-  """The METRICS of the final ('final') or best-on-validation ('best') checkpoint."""
+def _scores(
+    results: dict[str, Any], which: str, splits: Sequence[str]
+) -> dict[str, float]:
+  """The METRICS on `splits` of the final ('final') or best-on-validation ('best') checkpoint."""
   source = (results.get('best') or results) if which == 'best' else results
   return {
       f'{split}.{metric}': float(source[split][metric])
       for split, metric in METRICS
-      if metric in source.get(split, {})
+      if split in splits and metric in source.get(split, {})
   }
 
 
 def summarize(
-    runs: list[dict[str, Any]], config: str, overrides: list[str], jobs: int
+    runs: list[dict[str, Any]],
+    config: str,
+    overrides: list[str],
+    jobs: int,
+    splits: Sequence[str] = ('test', 'validation'),
 ) -> dict[str, Any]:
-  """Per-seed scores and, for each metric, mean and sample standard deviation over seeds."""
+  """Per-seed scores on `splits` and, for each metric, mean and sample standard deviation over seeds."""
   summary = {'config': config, 'overrides': overrides, 'jobs': jobs, 'runs': []}
   for run in runs:
     summary['runs'].append(
         {
             'seed': run['seed'],
             'wall_seconds': run.get('wall_seconds'),
-            'final': _scores(run['results'], 'final'),
-            'best': _scores(run['results'], 'best'),
+            'final': _scores(run['results'], 'final', splits),
+            'best': _scores(run['results'], 'best', splits),
         }
     )
   for which in ('final', 'best'):
@@ -183,7 +195,7 @@ def main(argv):
         free.append(slot)
 
     runs = list(pool.map(job, seeds))
-  summary = summarize(runs, FLAGS.config, FLAGS.set, FLAGS.jobs)
+  summary = summarize(runs, FLAGS.config, FLAGS.set, FLAGS.jobs, FLAGS.splits)
   with open(os.path.join(FLAGS.workdir, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=2)
   print(format_summary(summary))

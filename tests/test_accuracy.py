@@ -44,3 +44,16 @@ def test_runs_without_a_best_checkpoint_report_final_scores_as_best():
       [{'seed': 0, 'results': results}], 'cfg.py', [], 1
   )
   assert summary['best']['test.auc'] == {'mean': 0.8, 'std': 0.0}
+
+
+def test_validation_only_summary_leaves_the_test_split_out():
+  summary = accuracy.summarize(
+      [{'seed': 0, 'results': _results(0.8, 0.9)}],
+      'cfg.py',
+      [],
+      1,
+      splits=['validation'],
+  )
+  assert list(summary['final']) == ['validation.auc']
+  assert list(summary['best']) == ['validation.auc']
+  assert 'test' not in accuracy.format_summary(summary)
