@@ -13,6 +13,7 @@ import itertools
 from typing import Any, Callable, Sequence
 
 import flax
+from flax import jax_utils
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -308,22 +309,23 @@ def eval_step(
 
 
 def replicate(tree):
-  """`tree` copied to every local device, laid out exactly as the pmapped steps return it.
+  """`tree` on every local device: `flax.jax_utils.replicate` with `axis_name=AXIS_NAME`.
 
-  Passing the host copies through a pmapped identity gives them the steps' own output sharding,
-  so the second train step hits the first one's compilation instead of compiling again.
+  The pmapped steps return their outputs sharded along AXIS_NAME. flax's default axis name
+  ('_device_put_sharded' in flax 0.12.8, with jax 0.10.2) gives the first step an input
+  sharding that its outputs do not have, so the second step compiles the step again
+  (tests/test_train_utils.py::test_train_step_compiles_once fails with it).
   """
-  n = jax.local_device_count()
-  stacked = jax.tree_util.tree_map(
-      lambda x: np.broadcast_to(x, (n,) + np.shape(x)), jax.device_get(tree)
-  )
-  return jax.pmap(lambda x: x, axis_name=AXIS_NAME)(stacked)
+  return jax_utils.replicate(tree, axis_name=AXIS_NAME)
 
 
 def unreplicate(tree):
   """The first replica of a pmap-replicated tree.
 
-  (`flax.jax_utils.unreplicate` keeps the device axis when there is only one device.)
+  `flax.jax_utils.unreplicate` (flax 0.12.8, jax 0.10.2) returns an array pmapped over one of
+  several local devices with its device axis still on: its single shard counts as fully
+  replicated, and flax then returns that shard whole
+  (tests/test_train_utils.py::test_pmap_over_eight_devices_equals_one_device fails with it).
   """
   return jax.tree_util.tree_map(lambda x: x[0], tree)
 
