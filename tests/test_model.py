@@ -10,6 +10,7 @@ import itertools
 import jax
 import jax.numpy as jnp
 import ml_collections
+import flax.linen as nn
 import numpy as np
 import pytest
 
@@ -543,9 +544,14 @@ def test_stochastic_depth_grows_linearly_to_the_last_layer():
   np.testing.assert_allclose(train_out, eval_out, atol=1e-6)
 
 
-def test_dropout_uses_the_dropout_rng():
+@pytest.mark.parametrize('cpu_fast_layers', [False, True])
+def test_dropout_uses_the_dropout_rng(cpu_fast_layers):
   config = make_config(
-      'spacetime', 'gap', dropout_rate=0.2, attention_dropout_rate=0.2
+      'spacetime',
+      'gap',
+      dropout_rate=0.2,
+      attention_dropout_rate=0.2,
+      cpu_fast_layers=cpu_fast_layers,
   )
   model = build(config)
   params = init_params(model)
@@ -561,6 +567,83 @@ def test_dropout_uses_the_dropout_rng():
   assert not np.allclose(
       run(0), model.flax_model.apply({'params': params}, x, train=False)
   )
+
+
+# ------------------------------------------------------ CPU-tuned layers
+def test_cpu_fast_layers_default_to_cpu_hosts_and_can_be_set():
+  default = build(make_config()).flax_model.cpu_fast_layers
+  assert default == (jax.default_backend() == 'cpu')
+  for value in (False, True):
+    config = make_config(cpu_fast_layers=value)
+    assert build(config).flax_model.cpu_fast_layers is value
+
+
+@pytest.mark.parametrize('method', ['3d_conv', 'temporal_sampling'])
+def test_fast_patch_embedding_matches_nn_conv(method):
+  """Same parameters (names, shapes, initial values) and, within float32
+  rounding, the same tokens, gradients and logits as the stock nn.Conv."""
+  stock, fast = (
+      build(make_config(method=method, cpu_fast_layers=v)).flax_model
+      for v in (False, True)
+  )
+  x = clips()
+  init = lambda m: jax.jit(lambda v: m.init(jax.random.key(0), v, train=False))
+  jax.tree_util.tree_map(
+      np.testing.assert_array_equal, init(stock)(x), init(fast)(x)
+  )
+  params = init_params(build(make_config(method=method)))
+  logits = lambda m: m.apply({'params': params}, x, train=False)
+  np.testing.assert_allclose(logits(fast), logits(stock), rtol=1e-5, atol=1e-5)
+
+  # The layers alone, on 15^3 clips (a trailing voxel dropped), 2D patches
+  # embedding every frame.
+  patch = (4, 4, 4) if method == '3d_conv' else (4, 4)
+  conv = nn.Conv(32, patch, strides=patch, padding='VALID')
+  fast_conv = vivit.FastPatchEmbedding(
+      32, (1,) * (3 - len(patch)) + patch, kernel_dims=len(patch)
+  )
+  x = clips(input_shape=(15, 15, 15, 2))
+  variables = random_params(conv.init, jax.random.key(0), x)
+
+  def value_and_grads(layer):
+    return jax.jit(
+        jax.value_and_grad(
+            lambda p, v: jnp.sum(jnp.sin(layer.apply({'params': p}, v))),
+            argnums=(0, 1),
+        )
+    )(variables, x)
+
+  (want, want_grads), (got, got_grads) = map(value_and_grads, (conv, fast_conv))
+  assert (
+      fast_conv.apply({'params': variables}, x).shape
+      == conv.apply({'params': variables}, x).shape
+  )
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+      got_grads,
+      want_grads,
+  )
+
+
+@pytest.mark.parametrize('rate', [0.1, 0.5])
+def test_fast_dropout_keeps_as_often_as_nn_dropout(rate):
+  """Over 2^20 elements the kept fraction of each is 1 - rate within 5
+  standard errors, and kept elements are scaled by 1 / (1 - rate)."""
+  x = jnp.ones((1024, 1024))
+  for layer in (nn.Dropout(rate), vivit.FastDropout(rate)):
+    y = np.asarray(
+        layer.apply(
+            {}, x, deterministic=False, rngs={'dropout': jax.random.key(3)}
+        )
+    )
+    kept = y != 0
+    tolerance = 5 * np.sqrt(rate * (1 - rate) / kept.size)
+    assert abs(kept.mean() - (1 - rate)) < tolerance, type(layer).__name__
+    np.testing.assert_allclose(y[kept], 1 / (1 - rate), rtol=1e-5)
+    assert (layer.apply({}, x, deterministic=True) == x).all(), type(
+        layer
+    ).__name__
 
 
 def test_return_prelogits_and_representation():

@@ -161,7 +161,8 @@ def test_attention_along_any_axis_matches_flat_attention():
   )
 
 
-def test_attention_dropout():
+@pytest.mark.parametrize('fast_dropout', [False, True])
+def test_attention_dropout(fast_dropout):
   q, k, v = _qkv((2, 10, 4, 8))
   clean = model_utils.dot_product_attention(q, k, v)
   run = lambda seed, deterministic=False: model_utils.dot_product_attention(
@@ -171,11 +172,27 @@ def test_attention_dropout():
       dropout_rng=jax.random.key(seed),
       dropout_rate=0.5,
       deterministic=deterministic,
+      fast_dropout=fast_dropout,
   )
   np.testing.assert_array_equal(run(0), run(0))
   assert not np.allclose(run(0), clean)
   assert not np.allclose(run(0), run(1))
   np.testing.assert_allclose(run(0, deterministic=True), clean, atol=1e-6)
+
+
+@pytest.mark.parametrize('fast', [False, True])
+@pytest.mark.parametrize('rate', [0.1, 0.5])
+def test_dropout_keep_mask_keeps_one_minus_rate(rate, fast):
+  """Over 2^20 elements the kept fraction is 1 - rate within 5 standard
+  errors, and the scale is 1 / (1 - rate) (the fast mask: within 2^-16)."""
+  keep, scale = model_utils.dropout_keep_mask(
+      jax.random.key(0), rate, (1024, 1024), fast=fast
+  )
+  keep = np.asarray(keep)
+  assert keep.shape == (1024, 1024) and keep.dtype == bool
+  tolerance = 5 * np.sqrt(rate * (1 - rate) / keep.size)
+  assert abs(keep.mean() - (1 - rate)) < tolerance
+  np.testing.assert_allclose(scale, 1 / (1 - rate), rtol=2**-16)
 
 
 def test_factorized_attention_splits_heads():

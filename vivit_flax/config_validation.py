@@ -103,6 +103,7 @@ SCHEMA: dict[str, Any] = {
         'spatial_transformer': _TRANSFORMER,
         'temporal_transformer': _TRANSFORMER,
         'attention_implementation': _STR + _NONE,
+        'cpu_fast_layers': _BOOL + _NONE,
         'return_prelogits': _BOOL,
     },
     'model_dtype_str': _STR,

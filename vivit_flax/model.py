@@ -59,11 +59,14 @@ def _check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
     raise ValueError(f'Unknown {key}={value!r}; use one of {list(choices)}.')
 
 
-def _attention_fn(mode: str, implementation: Optional[str]):
+def _attention_fn(
+    mode: str, implementation: Optional[str], fast_dropout: bool = False
+):
   """attention_fn for nn.MultiHeadDotProductAttention.
 
   mode: 'tokens', 'time' or 'space' (attention along that axis), or
   'factorized_heads' (Model 4: half the heads over time, half over space).
+  fast_dropout: model_utils.dropout_keep_mask's fast mask for attention dropout.
   """
   if mode == 'factorized_heads':
     attend = model_utils.factorized_dot_product_attention
@@ -83,14 +86,16 @@ def _attention_fn(mode: str, implementation: Optional[str]):
         dropout_rate=dropout_rate,
         deterministic=deterministic,
         implementation=implementation,
+        fast_dropout=fast_dropout,
     )
 
   return attention_fn
 
 
-class Dropout(nn.Module):
-  """Inverted dropout (like nn.Dropout) whose mask comes from
-  model_utils.dropout_keep_mask, half the random bits of nn.Dropout's."""
+class FastDropout(nn.Module):
+  """Inverted dropout like nn.Dropout, with model_utils.dropout_keep_mask's
+  fast mask: half the random bits of nn.Dropout's (config.model.cpu_fast_layers).
+  """
 
   rate: float = 0.0
 
@@ -99,9 +104,14 @@ class Dropout(nn.Module):
     if deterministic or not self.rate:
       return x
     keep, scale = model_utils.dropout_keep_mask(
-        self.make_rng('dropout'), self.rate, x.shape
+        self.make_rng('dropout'), self.rate, x.shape, fast=True
     )
     return jnp.where(keep, x * jnp.asarray(scale, x.dtype), 0)
+
+
+def _dropout(rate: float, cpu_fast_layers: bool) -> nn.Module:
+  """nn.Dropout, or FastDropout with config.model.cpu_fast_layers."""
+  return FastDropout(rate) if cpu_fast_layers else nn.Dropout(rate)
 
 
 class MlpBlock(nn.Module):
@@ -110,6 +120,7 @@ class MlpBlock(nn.Module):
   mlp_dim: int
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  cpu_fast_layers: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
@@ -119,10 +130,13 @@ class MlpBlock(nn.Module):
         kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.normal(stddev=1e-6),
     )
+    dropout = functools.partial(
+        _dropout, self.dropout_rate, self.cpu_fast_layers
+    )
     y = nn.gelu(dense(self.mlp_dim, name='Dense_0')(x))
-    y = Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    y = dropout()(y, deterministic=deterministic)
     y = dense(x.shape[-1], name='Dense_1')(y)
-    return Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    return dropout()(y, deterministic=deterministic)
 
 
 class DropPath(nn.Module):
@@ -160,6 +174,7 @@ class EncoderBlock(nn.Module):
   droplayer_p: float = 0.0
   dtype: Any = jnp.float32
   attention_implementation: Optional[str] = None
+  cpu_fast_layers: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
@@ -176,25 +191,34 @@ class EncoderBlock(nn.Module):
           dtype=self.dtype,
           kernel_init=nn.initializers.xavier_uniform(),
           dropout_rate=self.attention_dropout_rate,
-          attention_fn=_attention_fn(mode, self.attention_implementation),
+          attention_fn=_attention_fn(
+              mode, self.attention_implementation, self.cpu_fast_layers
+          ),
           name=f'MultiHeadDotProductAttention_{suffix}',
       )(y, deterministic=deterministic)
-      y = Dropout(self.dropout_rate)(y, deterministic=deterministic)
+      y = _dropout(self.dropout_rate, self.cpu_fast_layers)(
+          y, deterministic=deterministic
+      )
       x = x + DropPath(self.droplayer_p)(y, deterministic=deterministic)
     y = nn.LayerNorm(dtype=self.dtype, name=mlp_names[0])(x)
     y = MlpBlock(
-        self.mlp_dim, self.dropout_rate, self.dtype, name=mlp_names[1]
+        self.mlp_dim,
+        self.dropout_rate,
+        self.dtype,
+        self.cpu_fast_layers,
+        name=mlp_names[1],
     )(y, deterministic=deterministic)
     return x + DropPath(self.droplayer_p)(y, deterministic=deterministic)
 
 
-class PatchEmbedding(nn.Module):
-  """Linear embedding of non-overlapping (t, h, w) patches of [B, T, H, W, C]
-  clips into [B, T/t, H/h, W/w, features]: a VALID convolution with stride =
-  kernel (trailing voxels dropped), with nn.Conv's parameters ('kernel'
-  [t, h, w, C, features], or [h, w, C, features] when kernel_dims=2 and
-  t=1, and 'bias'), computed as one patch-matrix product, whose gradient XLA
-  computes far faster on CPU than a strided convolution's."""
+class FastPatchEmbedding(nn.Module):
+  """The patch embedding of config.model.cpu_fast_layers: the VALID nn.Conv
+  with stride = kernel = patch that embeds non-overlapping (t, h, w) patches
+  of [B, T, H, W, C] clips into [B, T/t, H/h, W/w, features] (trailing voxels
+  dropped), with nn.Conv's parameters ('kernel' [t, h, w, C, features], or
+  [h, w, C, features] when kernel_dims=2 and t=1, and 'bias'), computed as one
+  patch-matrix product, whose gradient XLA:CPU computes faster than a strided
+  convolution's."""
 
   features: int
   patch: tuple[int, int, int]
@@ -330,6 +354,7 @@ class Encoder(nn.Module):
   stochastic_droplayer_rate: float = 0.0
   dtype: Any = jnp.float32
   attention_implementation: Optional[str] = None
+  cpu_fast_layers: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -340,7 +365,9 @@ class Encoder(nn.Module):
       pe = model_utils.sinusoidal_3d_position_embedding(self.grid, d)
       pe = np.pad(pe, ((n - pe.shape[0], 0), (0, 0)))  # none for a cls token
       x = x + jnp.asarray(pe, x.dtype)
-    x = Dropout(self.dropout_rate)(x, deterministic=not train)
+    x = _dropout(self.dropout_rate, self.cpu_fast_layers)(
+        x, deterministic=not train
+    )
 
     on_grid = self.attention != 'tokens'
     if on_grid:
@@ -358,6 +385,7 @@ class Encoder(nn.Module):
           ),
           dtype=self.dtype,
           attention_implementation=self.attention_implementation,
+          cpu_fast_layers=self.cpu_fast_layers,
           name=f'encoderblock_{i}',
       )(x, deterministic=not train)
     if on_grid:
@@ -386,6 +414,12 @@ class ViViT(nn.Module):
   attention in bfloat16, with XLA for shapes cuDNN rejects such as an odd
   token count) wherever attention runs along the token axis without
   attention dropout; other attention is an XLA einsum.
+
+  cpu_fast_layers (config.model.cpu_fast_layers) swaps two stock layers for
+  versions tuned for XLA:CPU, with the same parameters: the patch embedding's
+  nn.Conv for FastPatchEmbedding (one matrix product) and nn.Dropout's mask,
+  also in attention dropout, for one drawn from half the random bits
+  (model_utils.dropout_keep_mask).
   """
 
   num_classes: int
@@ -411,6 +445,7 @@ class ViViT(nn.Module):
   return_prelogits: bool = False
   dtype: Any = jnp.float32
   attention_implementation: Optional[str] = None
+  cpu_fast_layers: bool = False
 
   def __post_init__(self):
     self._validate()
@@ -530,34 +565,47 @@ class ViViT(nn.Module):
         n_sampled_frames=self.n_sampled_frames,
     )
 
+  def _patch_embedding(self, patch: tuple[int, ...], kernel_init: Any):
+    """The linear embedding of `patch`-sized patches (time first; a 2D patch
+    embeds each frame): a VALID nn.Conv with stride = kernel = patch, or
+    FastPatchEmbedding with cpu_fast_layers."""
+    if self.cpu_fast_layers:
+      return FastPatchEmbedding(
+          self.hidden_size,
+          (1,) * (3 - len(patch)) + patch,
+          kernel_dims=len(patch),
+          kernel_init=kernel_init,
+          dtype=self.dtype,
+          name='embedding',
+      )
+    return nn.Conv(
+        self.hidden_size,
+        kernel_size=patch,
+        strides=patch,
+        padding='VALID',
+        kernel_init=kernel_init,
+        dtype=self.dtype,
+        name='embedding',
+    )
+
   def _embed(self, x: jax.Array) -> jax.Array:
     """Clips [B, T, H, W, C] -> token grid [B, t, h, w, hidden_size]."""
-    b, t_in, h_in, w_in, c = x.shape
+    t_in, h_in, w_in = x.shape[1:4]
     gt, gh, gw = self.token_grid((t_in, h_in, w_in))
     ph, pw = self.patch_size[:2]
     if self.tokenizer == 'temporal_sampling':
       frames = (
           x if gt == t_in else x[:, model_utils.sample_frame_indices(t_in, gt)]
       )
-      return PatchEmbedding(
-          self.hidden_size,
-          (1, ph, pw),
-          kernel_dims=2,
-          dtype=self.dtype,
-          name='embedding',
-      )(frames)
+      return self._patch_embedding((ph, pw), nn.initializers.lecun_normal())(
+          frames
+      )
     if self.stem_features:
       x = ConvStem(
           self.stem_features, self.stem_strides, dtype=self.dtype, name='stem'
       )(x)
     kernel_init = model_utils.TUBELET_INITIALIZERS[self.kernel_init_method]()
-    return PatchEmbedding(
-        self.hidden_size,
-        (self.patch_size[2], ph, pw),
-        kernel_init=kernel_init,
-        dtype=self.dtype,
-        name='embedding',
-    )(x)
+    return self._patch_embedding((self.patch_size[2], ph, pw), kernel_init)(x)
 
   def _encode_and_pool(
       self,
@@ -586,6 +634,7 @@ class ViViT(nn.Module):
         stochastic_droplayer_rate=self.stochastic_droplayer_rate,
         dtype=self.dtype,
         attention_implementation=self.attention_implementation,
+        cpu_fast_layers=self.cpu_fast_layers,
         name=name,
     )(x, train=train)
     if self.classifier == 'token':
@@ -720,6 +769,11 @@ class ViViTClassificationModel:
         return_prelogits=m.get('return_prelogits', False),
         dtype=MODEL_DTYPES[dtype_str],
         attention_implementation=m.get('attention_implementation'),
+        cpu_fast_layers=(
+            jax.default_backend() == 'cpu'
+            if m.get('cpu_fast_layers') is None
+            else m.cpu_fast_layers
+        ),
         **sizes,
     )
 

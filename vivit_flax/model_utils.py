@@ -229,6 +229,7 @@ def dot_product_attention(
     dropout_rate: float = 0.0,
     deterministic: bool = True,
     implementation: Optional[str] = None,
+    fast_dropout: bool = False,
 ) -> jax.Array:
   """Softmax attention along one token axis of [..., heads, depth] arrays.
 
@@ -238,7 +239,8 @@ def dot_product_attention(
   merged by a free reshape; `implementation` selects its backend, falling
   back to XLA for shapes it rejects, such as cuDNN with an odd token count);
   other axes and attention dropout use an einsum over the grid as it lies, so
-  no transpose is written out.
+  no transpose is written out. `fast_dropout` picks dropout_keep_mask's fast
+  mask for the attention weights.
   """
   ndim = query.ndim
   axis = axis % ndim
@@ -270,7 +272,9 @@ def dot_product_attention(
   )
   weights = jax.nn.softmax(logits / np.sqrt(query.shape[-1]), axis=-1)
   if dropout:
-    keep, scale = dropout_keep_mask(dropout_rng, dropout_rate, weights.shape)
+    keep, scale = dropout_keep_mask(
+        dropout_rng, dropout_rate, weights.shape, fast=fast_dropout
+    )
     weights = jnp.where(keep, weights * scale, 0.0)
   return jnp.einsum(
       f'{w_idx},{k_idx}->{q_idx}', weights.astype(value.dtype), value
@@ -278,16 +282,20 @@ def dot_product_attention(
 
 
 def dropout_keep_mask(
-    rng: jax.Array, rate: float, shape: Sequence[int]
+    rng: jax.Array, rate: float, shape: Sequence[int], *, fast: bool = False
 ) -> tuple[jax.Array, float]:
   """Dropout's keep mask and the scale that keeps the expectation unchanged.
 
-  Each element is kept when a 16-bit random number is at least
-  round(rate * 2^16); each 32-bit word of jax.random.bits gives two of them,
-  so half as many words are generated as for jax.random.bernoulli (random
-  bits dominate dropout's cost on CPU). The drop probability is rate to
-  within 2^-17, and the scale is the exact inverse of the keep probability.
+  By default nn.Dropout's: each element kept with probability 1 - rate
+  (jax.random.bernoulli), scale 1 / (1 - rate). With `fast`
+  (config.model.cpu_fast_layers), each element is kept when a 16-bit random
+  number is at least round(rate * 2^16); each 32-bit word of jax.random.bits
+  gives two of them, so half as many words are generated (random bits dominate
+  dropout's cost on CPU). Its drop probability is rate to within 2^-17, and
+  its scale the exact inverse of its keep probability.
   """
+  if not fast:
+    return jax.random.bernoulli(rng, 1.0 - rate, shape), 1.0 / (1.0 - rate)
   size = int(np.prod(shape))
   words = jax.random.bits(rng, ((size + 1) // 2,), jnp.uint32)
   halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:size]
@@ -304,6 +312,7 @@ def factorized_dot_product_attention(
     dropout_rate: float = 0.0,
     deterministic: bool = True,
     implementation: Optional[str] = None,
+    fast_dropout: bool = False,
 ) -> jax.Array:
   """ViViT Model 4 attention on [batch, time, space, heads, depth] arrays.
 
@@ -330,6 +339,7 @@ def factorized_dot_product_attention(
             dropout_rate=dropout_rate,
             deterministic=deterministic,
             implementation=implementation,
+            fast_dropout=fast_dropout,
         )
     )
   return jnp.concatenate(outs, axis=-2)
