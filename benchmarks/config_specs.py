@@ -1,6 +1,7 @@
 """The configs benchmarks.throughput takes, and the clips and classes each one trains on.
 
-A spec is a config file (`get_config()`) or `vivit_b/<attention type>`; `key=value` overrides
+A spec is a config file with its optional argument (`path.py[:arg]`, as main.py's --config takes
+it) or `vivit_b/<attention type>`; `key=value` overrides
 are applied as a sweep applies its points (`vivit_flax.config_overrides.apply_overrides`: every
 key must exist, values keep their types).
 """
@@ -28,7 +29,9 @@ def load_config(spec, overrides=()):
   if spec.startswith('vivit_b/'):
     config = vivit_b.get_config(spec.split('/', 1)[1])
   else:
-    config = config_overrides.load_module(spec).get_config()
+    path, _, arg = spec.partition(':')
+    module = config_overrides.load_module(path)
+    config = module.get_config(arg) if arg else module.get_config()
   # The model reads model.attention_implementation with a default (None) that the config files
   # leave out; declared here so that an override can set it.
   if 'attention_implementation' not in config.model:

@@ -182,3 +182,11 @@ def test_dropout_keep_mask_drops_the_rate_and_keeps_the_mean():
   other, _ = model_utils.dropout_keep_mask(jax.random.key(1), 0.1, (64, 999))
   np.testing.assert_array_equal(keep, again)
   assert np.any(keep != other)
+
+
+def test_load_config_passes_the_argument_after_the_colon():
+  config = config_specs.load_config(
+      'configs/medmnist3d/vivit_recipe.py:adrenalmnist3d,64'
+  )
+  assert config.dataset_configs.name == 'adrenalmnist3d'
+  assert config_specs.input_spec(config) == ((64, 64, 64, 1), 2)
