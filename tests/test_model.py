@@ -595,29 +595,44 @@ def test_fast_patch_embedding_matches_nn_conv(method):
   logits = lambda m: m.apply({'params': params}, x, train=False)
   np.testing.assert_allclose(logits(fast), logits(stock), rtol=1e-5, atol=1e-5)
 
-  # The layers alone, on 15^3 clips (a trailing voxel dropped), 2D patches
-  # embedding every frame.
-  patch = (4, 4, 4) if method == '3d_conv' else (4, 4)
-  conv = nn.Conv(32, patch, strides=patch, padding='VALID')
-  fast_conv = vivit.FastPatchEmbedding(
-      32, (1,) * (3 - len(patch)) + patch, kernel_dims=len(patch)
+
+@pytest.mark.parametrize(
+    'patch, kernel_dims', [((4, 4, 4), 3), ((4, 7, 5), 3), ((1, 7, 5), 2)]
+)
+def test_fast_patch_embedding_layer_equals_a_strided_convolution(
+    patch, kernel_dims
+):
+  """The layer alone against the VALID nn.Conv with stride = kernel = patch
+  (2D patches: the convolution applied to every frame), on 13x14x15 clips whose
+  trailing voxels are dropped: same tokens, and the same gradients with respect
+  to the parameters and the input."""
+  window = patch[3 - kernel_dims :]
+  conv = nn.Conv(32, window, strides=window, padding='VALID')
+  fast_conv = vivit.FastPatchEmbedding(32, patch, kernel_dims=kernel_dims)
+  x = clips(input_shape=(13, 14, 15, 2))
+  variables = random_params(
+      conv.init, jax.random.key(0), x if kernel_dims == 3 else x[:, 0]
   )
-  x = clips(input_shape=(15, 15, 15, 2))
-  variables = random_params(conv.init, jax.random.key(0), x)
+
+  def apply(layer, p, v):
+    if layer is fast_conv or kernel_dims == 3:
+      return layer.apply({'params': p}, v)
+    y = conv.apply({'params': p}, v.reshape((-1,) + v.shape[2:]))
+    return y.reshape(v.shape[:2] + y.shape[1:])
 
   def value_and_grads(layer):
     return jax.jit(
         jax.value_and_grad(
-            lambda p, v: jnp.sum(jnp.sin(layer.apply({'params': p}, v))),
-            argnums=(0, 1),
+            lambda p, v: jnp.sum(jnp.sin(apply(layer, p, v))), argnums=(0, 1)
         )
     )(variables, x)
 
-  (want, want_grads), (got, got_grads) = map(value_and_grads, (conv, fast_conv))
-  assert (
-      fast_conv.apply({'params': variables}, x).shape
-      == conv.apply({'params': variables}, x).shape
+  tokens = apply(fast_conv, variables, x)
+  assert tokens.shape == (2, 13 // patch[0], 14 // patch[1], 15 // patch[2], 32)
+  np.testing.assert_allclose(
+      tokens, apply(conv, variables, x), rtol=1e-5, atol=1e-5
   )
+  (want, want_grads), (got, got_grads) = map(value_and_grads, (conv, fast_conv))
   np.testing.assert_allclose(got, want, rtol=1e-5)
   jax.tree_util.tree_map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),

@@ -184,7 +184,8 @@ def test_attention_dropout(fast_dropout):
 @pytest.mark.parametrize('rate', [0.1, 0.5])
 def test_dropout_keep_mask_keeps_one_minus_rate(rate, fast):
   """Over 2^20 elements the kept fraction is 1 - rate within 5 standard
-  errors, and the scale is 1 / (1 - rate) (the fast mask: within 2^-16)."""
+  errors, the scale is 1 / (1 - rate) (the fast mask: within 2^-16), and the
+  mask is a function of the key."""
   keep, scale = model_utils.dropout_keep_mask(
       jax.random.key(0), rate, (1024, 1024), fast=fast
   )
@@ -193,6 +194,16 @@ def test_dropout_keep_mask_keeps_one_minus_rate(rate, fast):
   tolerance = 5 * np.sqrt(rate * (1 - rate) / keep.size)
   assert abs(keep.mean() - (1 - rate)) < tolerance
   np.testing.assert_allclose(scale, 1 / (1 - rate), rtol=2**-16)
+  if fast:  # Exactly the inverse of the 16-bit mask's keep probability.
+    assert scale == 2**16 / (2**16 - round(rate * 2**16))
+  again, _ = model_utils.dropout_keep_mask(
+      jax.random.key(0), rate, (1024, 1024), fast=fast
+  )
+  other, _ = model_utils.dropout_keep_mask(
+      jax.random.key(1), rate, (1024, 1024), fast=fast
+  )
+  np.testing.assert_array_equal(keep, again)
+  assert np.any(keep != np.asarray(other))
 
 
 def test_factorized_attention_splits_heads():

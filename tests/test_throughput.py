@@ -5,11 +5,8 @@ matrix product, dropout masks).
 
 import json
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import pytest
 
 from benchmarks import config_specs
@@ -20,7 +17,7 @@ from benchmarks import step_bench
 from benchmarks import step_profile
 from benchmarks import throughput_report
 from benchmarks import vivit_b
-from vivit_flax import model, model_utils
+from vivit_flax import model
 
 INPUT = (8, 16, 16, 3)  # T, H, W, C: 4x4x4 tubelets of 2x4x4 -> 64 tokens.
 NUM_CLASSES = 10
@@ -139,49 +136,6 @@ def test_load_config_applies_overrides(tmp_path):
   assert tuple(config.model.patches.size) == (7, 7, 7)
   assert config.model.attention_implementation == 'xla'
   assert config_specs.input_spec(config) == ((28, 28, 28, 1), 11)
-
-
-@pytest.mark.parametrize('patch, kernel_dims', [((4, 7, 5), 3), ((1, 7, 5), 2)])
-def test_patch_embedding_equals_a_strided_convolution(patch, kernel_dims):
-  x = jax.random.normal(
-      jax.random.key(0), (2, 13, 14, 15, 3)
-  )  # Trailing voxels are dropped.
-  embed = model.PatchEmbedding(6, patch, kernel_dims=kernel_dims)
-  variables = embed.init(jax.random.key(1), x)
-  conv = nn.Conv(
-      6,
-      patch[3 - kernel_dims :],
-      strides=patch[3 - kernel_dims :],
-      padding='VALID',
-  )
-  if kernel_dims == 3:
-    reference = lambda v: conv.apply(v, x)
-  else:
-    reference = lambda v: conv.apply(v, x.reshape((-1,) + x.shape[2:])).reshape(
-        2, 13, 2, 3, 6
-    )
-  np.testing.assert_allclose(
-      embed.apply(variables, x), reference(variables), atol=1e-5
-  )
-  grads = [
-      jax.grad(lambda v: jnp.sum(f(v) ** 2))(variables)
-      for f in (lambda v: embed.apply(v, x), reference)
-  ]
-  jax.tree_util.tree_map(
-      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
-      *grads,
-  )
-
-
-def test_dropout_keep_mask_drops_the_rate_and_keeps_the_mean():
-  keep, scale = model_utils.dropout_keep_mask(jax.random.key(0), 0.1, (64, 999))
-  assert keep.shape == (64, 999) and keep.dtype == jnp.bool_
-  assert float(jnp.mean(keep)) == pytest.approx(0.9, abs=0.005)
-  assert scale == pytest.approx(1 / (1 - round(0.1 * 2**16) / 2**16))
-  again, _ = model_utils.dropout_keep_mask(jax.random.key(0), 0.1, (64, 999))
-  other, _ = model_utils.dropout_keep_mask(jax.random.key(1), 0.1, (64, 999))
-  np.testing.assert_array_equal(keep, again)
-  assert np.any(keep != other)
 
 
 def test_load_config_passes_the_argument_after_the_colon():
