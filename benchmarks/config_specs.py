@@ -45,7 +45,7 @@ def input_spec(config):
   """(T, H, W, C) clips and class count the config trains on, without loading its data."""
   if config.get('experiment_name', '').startswith(vivit_b.EXPERIMENT_PREFIX):
     return vivit_b.INPUT, vivit_b.KINETICS_CLASSES
-  shape = config_validation._input_shape(config)  # pylint: disable=protected-access
+  shape = config_validation.input_shape(config)
   if shape is None:
     raise ValueError(
         f'Give --input_shape and --num_classes for dataset {config.dataset_name!r}.'

@@ -12,6 +12,7 @@ learning-rate schedule and optimizer.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 from typing import Any
@@ -21,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vivit_flax import model, model_utils, train_utils
+from vivit_flax import model, train_utils
+from vivit_flax.config_checks import check_choice, check_fraction, check_positive
 from vivit_flax.datasets import medmnist3d, npz_video, synthetic
 
 _INT = (int,)
@@ -187,24 +189,14 @@ REQUIRED = (
     'rng_seed',
 )
 
-# Choices that the modules implementing them define are taken from them, so they cannot drift apart.
+# Values that the config's parts check when they are built (the model its options, train_utils
+# its schedule and optimizer, each with config_checks) are not restated here: these are the
+# trainer's own.
 CHOICES = {
     'dataset_name': ('medmnist3d', 'synthetic3d', 'npz_video'),
-    'model_name': tuple(model.MODELS),
     # Scenic's name for the trainer of its ViViT project, the one this project implements.
     'trainer_name': ('vivit_trainer',),
-    'model_dtype_str': tuple(model.MODEL_DTYPES),
     'data_dtype_str': ('float32',),
-    'optimizer': tuple(train_utils.OPTIMIZERS),
-    'model.classifier': model.CLASSIFIERS,
-    'model.positional_embedding': model.POSITIONAL_EMBEDDINGS,
-    'model.attention_config.type': model.ATTENTION_TYPES,
-    'model.attention_config.attention_order': tuple(model.ATTENTION_ORDERS),
-    'model.temporal_encoding_config.method': model_utils.TEMPORAL_ENCODINGS,
-    'model.temporal_encoding_config.kernel_init_method': tuple(
-        model_utils.TUBELET_INITIALIZERS
-    ),
-    'model.attention_implementation': model.ATTENTION_IMPLEMENTATIONS,
 }
 
 POSITIVE = (
@@ -212,43 +204,14 @@ POSITIVE = (
     'eval_batch_size',
     'num_training_epochs',
     'num_training_steps',
-    'model.hidden_size',
-    'model.num_heads',
-    'model.mlp_dim',
-    'model.num_layers',
-    'model.representation_size',
-    'model.spatial_transformer.num_heads',
-    'model.spatial_transformer.mlp_dim',
-    'model.spatial_transformer.num_layers',
-    'model.temporal_transformer.num_heads',
-    'model.temporal_transformer.mlp_dim',
-    'model.temporal_transformer.num_layers',
-    'lr_configs.base_learning_rate',
-    'lr_configs.steps_per_cycle',
     'log_summary_steps',
     'log_eval_steps',
     'checkpoint_steps',
     'max_checkpoints_to_keep',
-    'max_grad_norm',
     'dataset_configs.num_workers',
     'dataset_configs.prefetch_to_device',
 )
-NON_NEGATIVE = (
-    'lr_configs.warmup_steps',
-    'l2_decay_factor',
-    'optimizer_configs.weight_decay',
-    'optimizer_configs.epsilon',
-    'optimizer_configs.momentum',
-)
-FRACTIONS = (
-    'model.dropout_rate',
-    'model.attention_dropout_rate',
-    'model.stochastic_droplayer_rate',
-    'label_smoothing',
-    'optimizer_configs.beta1',
-    'optimizer_configs.beta2',
-    'ema_decay',
-)
+FRACTIONS = ('ema_decay',)
 # Validation scores a best checkpoint can be chosen by (always maximised).
 BEST_CHECKPOINT_METRICS = (
     'accuracy',
@@ -316,18 +279,6 @@ def _get(config, path: str, default=None):
   return node
 
 
-def _check_choice(path: str, value, allowed) -> None:
-  if value not in allowed:
-    close = difflib.get_close_matches(
-        str(value), [str(a) for a in allowed], n=1
-    )
-    hint = f' Did you mean {close[0]!r}?' if close else ''
-    raise ConfigError(
-        f'config.{path}={value!r} is not one of '
-        f'{", ".join(repr(a) for a in allowed)}.{hint}'
-    )
-
-
 def _check_values(config: ml_collections.ConfigDict) -> None:
   for path in REQUIRED:
     if _get(config, path, _MISSING) in (_MISSING, None):
@@ -339,19 +290,11 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
         'Set config.num_training_steps or config.num_training_epochs.'
     )
   for path, allowed in CHOICES.items():
-    _check_choice(path, _get(config, path, allowed[0]), allowed)
+    check_choice(f'config.{path}', _get(config, path, allowed[0]), allowed)
   for path in POSITIVE:
-    value = _get(config, path)
-    if value is not None and value <= 0:
-      raise ConfigError(f'config.{path}={value!r} must be positive.')
-  for path in NON_NEGATIVE:
-    value = _get(config, path)
-    if value is not None and value < 0:
-      raise ConfigError(f'config.{path}={value!r} must be zero or positive.')
+    check_positive(f'config.{path}', _get(config, path))
   for path in FRACTIONS:
-    value = _get(config, path)
-    if value is not None and not 0 <= value < 1:
-      raise ConfigError(f'config.{path}={value!r} must be in [0, 1).')
+    check_fraction(f'config.{path}', _get(config, path))
   if not 0 <= config.rng_seed <= MAX_SEED:
     raise ConfigError(
         f'config.rng_seed={config.rng_seed} must be in [0, {MAX_SEED}].'
@@ -364,8 +307,8 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
         f'config.model.patches.size={tuple(size)!r} must be ints (h, w, t).'
     )
   if config.get('best_checkpoint_metric') is not None:
-    _check_choice(
-        'best_checkpoint_metric',
+    check_choice(
+        'config.best_checkpoint_metric',
         config.best_checkpoint_metric,
         BEST_CHECKPOINT_METRICS,
     )
@@ -402,10 +345,22 @@ def check_batch_sizes(
       )
 
 
+@contextlib.contextmanager
+def _as_config_error(where: str = ''):
+  """Re-raises the ValueError (TypeError, OSError) of a part built from the config as a
+  ConfigError, `where` appended to its message."""
+  try:
+    yield
+  except ConfigError:
+    raise
+  except (ValueError, TypeError, OSError) as error:
+    raise ConfigError(f'{error}{where}') from error
+
+
 def _check_data_files(config: ml_collections.ConfigDict) -> None:
   """A data file that is missing and will not be fetched or generated fails with its loader's error."""
   dataset_configs = config.dataset_configs
-  try:
+  with _as_config_error():
     if config.dataset_name == 'medmnist3d':
       file_name, _, _ = medmnist3d.file_info(
           dataset_configs.get('name'), dataset_configs.get('size', 28)
@@ -424,11 +379,9 @@ def _check_data_files(config: ml_collections.ConfigDict) -> None:
         npz_video.load(
             dataset_configs
         )  # Raises: no path set, or the file does not exist.
-  except (ValueError, OSError) as error:
-    raise ConfigError(str(error)) from error
 
 
-def _input_shape(config: ml_collections.ConfigDict) -> tuple[int, ...] | None:
+def input_shape(config: ml_collections.ConfigDict) -> tuple[int, ...] | None:
   """(-1, T, H, W, C) of the dataset's examples when the config alone fixes it, else None."""
   if config.dataset_name == 'medmnist3d':
     size = config.dataset_configs.get('size', 28)
@@ -449,14 +402,14 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
         "config.model.attention_implementation='cudnn' needs NVIDIA GPUs; this run "
         f"has {jax.devices()[0].platform} devices. Use None or 'xla'."
     )
-  shape = _input_shape(config)
+  shape = input_shape(config)
   where = (
       f' (the inputs of dataset_name={config.dataset_name!r} are '
       f'{"x".join(map(str, shape[1:4]))} volumes)'
       if shape
       else ''
   )
-  try:
+  with _as_config_error(where):
     # num_classes only sizes the output layer; the dataset supplies the real count later.
     vivit = model.get_model_cls(config.model_name)(
         config, {'num_classes': 2} | ({'input_shape': shape} if shape else {})
@@ -473,18 +426,14 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
           ),
           jax.ShapeDtypeStruct((1,) + shape[1:], jnp.float32),
       )
-  except (ValueError, TypeError) as error:
-    raise ConfigError(f'{error}{where}') from error
 
 
 def _check_training(config: ml_collections.ConfigDict) -> None:
   """The learning-rate schedule and optimizer, built by the functions the trainer uses."""
-  try:
+  with _as_config_error():
     train_utils.create_optimizer(
         config, train_utils.create_learning_rate_fn(config, 1)
     )
-  except ValueError as error:
-    raise ConfigError(str(error)) from error
 
 
 def validate(
@@ -495,7 +444,8 @@ def validate(
   Logs one warning naming the Scenic keys it sets that this project does not use.
   """
   _check_keys(config, SCHEMA, '')
-  _check_values(config)
+  with _as_config_error():
+    _check_values(config)
   unused = unused_keys(config)
   if unused:
     logging.warning(

@@ -13,6 +13,12 @@ import ml_collections
 import numpy as np
 
 from vivit_flax import model_utils
+from vivit_flax.config_checks import (
+    check_choice,
+    check_fraction,
+    check_non_negative,
+    check_positive,
+)
 
 ATTENTION_TYPES = (
     'spacetime',
@@ -52,11 +58,6 @@ class TransformerSize:
   num_heads: int
   mlp_dim: int
   num_layers: int
-
-
-def _check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
-  if value not in choices:
-    raise ValueError(f'Unknown {key}={value!r}; use one of {list(choices)}.')
 
 
 def _attention_fn(
@@ -453,33 +454,33 @@ class ViViT(nn.Module):
 
   def _validate(self) -> None:
     """Raises ValueError, saying what to change, for an unusable setup."""
-    _check_choice(
+    check_choice(
         'config.model.attention_config.type',
         self.attention_type,
         ATTENTION_TYPES,
     )
-    _check_choice('config.model.classifier', self.classifier, CLASSIFIERS)
-    _check_choice(
+    check_choice('config.model.classifier', self.classifier, CLASSIFIERS)
+    check_choice(
         'config.model.positional_embedding',
         self.positional_embedding,
         POSITIONAL_EMBEDDINGS,
     )
-    _check_choice(
+    check_choice(
         'config.model.attention_config.attention_order',
         self.attention_order,
         list(ATTENTION_ORDERS),
     )
-    _check_choice(
+    check_choice(
         'config.model.temporal_encoding_config.method',
         self.tokenizer,
         model_utils.TEMPORAL_ENCODINGS,
     )
-    _check_choice(
+    check_choice(
         'config.model.temporal_encoding_config.kernel_init_method',
         self.kernel_init_method,
         list(model_utils.TUBELET_INITIALIZERS),
     )
-    _check_choice(
+    check_choice(
         'config.model.attention_implementation',
         self.attention_implementation,
         ATTENTION_IMPLEMENTATIONS,
@@ -489,6 +490,18 @@ class ViViT(nn.Module):
           "config.model.attention_implementation='cudnn' (flash attention) "
           "needs config.model_dtype_str='bfloat16'."
       )
+    check_positive('config.model.hidden_size', self.hidden_size)
+    check_positive('config.model.representation_size', self.representation_size)
+    check_fraction('config.model.dropout_rate', self.dropout_rate)
+    check_fraction(
+        'config.model.attention_dropout_rate', self.attention_dropout_rate
+    )
+    # The last layer's rate: 1 always drops it (Scenic's linear schedule).
+    check_fraction(
+        'config.model.stochastic_droplayer_rate',
+        self.stochastic_droplayer_rate,
+        allow_one=True,
+    )
     if (
         self.classifier == 'token'
         and self.attention_type in TOKENLESS_ATTENTION_TYPES
@@ -523,13 +536,16 @@ class ViViT(nn.Module):
     else:
       sizes = {'': self.transformer}
     for where, size in sizes.items():
-      key = f'config.model.{where + "." if where else ""}num_heads'
+      prefix = f'config.model.{where + "." if where else ""}'
+      key = f'{prefix}num_heads'
       if size is None:
         needs = where or 'num_heads, mlp_dim and num_layers'
         raise ValueError(
             f"attention type '{self.attention_type}' needs "
             f'config.model.{needs}.'
         )
+      for field in ('num_heads', 'mlp_dim', 'num_layers'):
+        check_positive(f'{prefix}{field}', getattr(size, field))
       if size.num_heads < 1 or self.hidden_size % size.num_heads:
         raise ValueError(
             f'{key}={size.num_heads} does not divide hidden_size='
@@ -725,6 +741,8 @@ class ViViTClassificationModel:
   ):
     self.config = config
     self.dataset_meta_data = dataset_meta_data
+    check_fraction('config.label_smoothing', config.get('label_smoothing'))
+    check_non_negative('config.l2_decay_factor', config.get('l2_decay_factor'))
     self.flax_model = self.build_flax_model()
     input_shape = dataset_meta_data.get('input_shape')
     if input_shape is not None:
@@ -734,7 +752,7 @@ class ViViTClassificationModel:
     """The ViViT module for config.model (missing keys: Scenic defaults)."""
     m = self.config.model
     dtype_str = self.config.get('model_dtype_str', 'float32')
-    _check_choice('config.model_dtype_str', dtype_str, list(MODEL_DTYPES))
+    check_choice('config.model_dtype_str', dtype_str, list(MODEL_DTYPES))
     attention_config = m.get('attention_config') or ml_collections.ConfigDict()
     attention_type = attention_config.get('type', 'spacetime')
     encoding = m.get('temporal_encoding_config') or ml_collections.ConfigDict()

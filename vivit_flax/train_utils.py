@@ -22,6 +22,12 @@ import optax
 from flax.training import train_state as flax_train_state
 
 from vivit_flax import model
+from vivit_flax.config_checks import (
+    check_choice,
+    check_fraction,
+    check_non_negative,
+    check_positive,
+)
 
 Batch = dict[str, jnp.ndarray]
 Metrics = dict[str, tuple[jnp.ndarray, jnp.ndarray]]
@@ -71,6 +77,15 @@ def create_learning_rate_fn(
   factors = [
       name.strip() for name in lr_configs.get('factors', 'constant').split('*')
   ]
+  check_positive(
+      'config.lr_configs.base_learning_rate', lr_configs.base_learning_rate
+  )
+  check_non_negative(
+      'config.lr_configs.warmup_steps', lr_configs.get('warmup_steps')
+  )
+  check_positive(
+      'config.lr_configs.steps_per_cycle', lr_configs.get('steps_per_cycle')
+  )
   base_lr = float(lr_configs.base_learning_rate)
   warmup_steps = int(lr_configs.get('warmup_steps') or 0)
   steps_per_cycle = int(lr_configs.get('steps_per_cycle') or total_steps)
@@ -150,11 +165,12 @@ def create_optimizer(
   """The optax optimizer named by `config.optimizer`, with global-norm clipping when set."""
   opt = config.get('optimizer_configs') or ml_collections.ConfigDict()
   name = config.optimizer
-  if name not in OPTIMIZERS:
-    raise ValueError(
-        f'Unknown optimizer {name!r}: use one of '
-        f'{", ".join(repr(n) for n in OPTIMIZERS)}.'
-    )
+  check_choice('config.optimizer', name, OPTIMIZERS)
+  for key in ('weight_decay', 'epsilon', 'momentum'):
+    check_non_negative(f'config.optimizer_configs.{key}', opt.get(key))
+  for key in ('beta1', 'beta2'):
+    check_fraction(f'config.optimizer_configs.{key}', opt.get(key))
+  check_positive('config.max_grad_norm', config.get('max_grad_norm'))
   tx = OPTIMIZERS[name](learning_rate_fn, opt)
   if config.get('max_grad_norm'):
     tx = optax.chain(optax.clip_by_global_norm(float(config.max_grad_norm)), tx)
