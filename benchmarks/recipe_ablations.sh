@@ -17,10 +17,13 @@ declare -A SET=(
   [flips]='dataset_configs.augmentation.flip_axes=(0,1,2)'
   [mixup]='dataset_configs.augmentation.mixup_alpha=0.2'
   [factorized_encoder]='model.attention_config.type=factorized_encoder'
+  [factorized_self_attention]='model.attention_config.type=factorized_self_attention_block'
   [factorized_dot_product]='model.attention_config.type=factorized_dot_product_attention'
+  [cutmix]='dataset_configs.augmentation.cutmix_alpha=1.0'
+  [narrow]='model.hidden_size=64 model.mlp_dim=128'  # half the width (twice the width: 3-4x the time)
 )
-ORDER=(no_label_smoothing no_weight_decay no_clipping constant_lr flips mixup factorized_encoder
-       factorized_dot_product recipe)
+ORDER=(no_label_smoothing no_weight_decay no_clipping constant_lr flips mixup cutmix factorized_encoder
+       factorized_self_attention factorized_dot_product narrow recipe)
 for name in "${@:-${ORDER[@]}}"; do
   sets=()
   for override in ${SET[$name]}; do sets+=("--set=$override"); done
