@@ -1,6 +1,5 @@
 """The step bench of benchmarks.throughput: the trainer's steps on random batches, timed."""
 
-import functools
 import time
 
 import jax
@@ -14,34 +13,6 @@ from vivit_flax.datasets import input_pipeline
 # How StepBench feeds its steps: one batch placed on the devices beforehand; a new host batch
 # per step through flax.jax_utils.prefetch_to_device (as the trainer); numpy batches as they are.
 FEEDS = ('device', 'prefetch', 'host')
-
-
-def pmapped_steps(model, config, learning_rate_fn, donate=True):
-  """The pmapped train and eval steps of `model`, built as vivit_flax.trainer.Trainer builds them.
-
-  A copy of the construction in Trainer.__init__, which exposes none to share; keep the two alike.
-  `donate=False` keeps the train state's buffers (the trainer donates them).
-  """
-  p_train_step = jax.pmap(
-      functools.partial(
-          train_utils.train_step,
-          loss_fn=model.loss_function,
-          metrics_fn=model.get_metrics_fn('train'),
-          learning_rate_fn=learning_rate_fn,
-          ema_decay=config.get('ema_decay'),
-      ),
-      axis_name=train_utils.AXIS_NAME,
-      donate_argnums=(0,) if donate else (),
-  )
-  p_eval_step = jax.pmap(
-      functools.partial(
-          train_utils.eval_step,
-          metrics_fn=model.get_metrics_fn('validation'),
-          tta_flip_axes=tuple(config.get('tta_flip_axes') or ()),
-      ),
-      axis_name=train_utils.AXIS_NAME,
-  )
-  return p_train_step, p_eval_step
 
 
 def random_batch(rng, per_device, input_shape, num_classes, devices):
@@ -97,7 +68,7 @@ class StepBench:
         jax.random.PRNGKey(seed),
     )
     self.state = train_utils.replicate(state)
-    self.p_train_step, self.p_eval_step = pmapped_steps(
+    self.p_train_step, self.p_eval_step = train_utils.pmapped_steps(
         self.model, config, lr_fn, donate
     )
     rng = np.random.default_rng(seed)

@@ -324,6 +324,35 @@ def eval_step(
   return metrics_fn(logits, batch), jax.lax.all_gather(outputs, AXIS_NAME)
 
 
+def pmapped_steps(model, config, learning_rate_fn, donate=True):
+  """The train and eval steps of `model` (a ViViTClassificationModel) for `config`, pmapped
+  over the local devices along AXIS_NAME: `p_train_step(state, batch) -> (state, metrics)`
+  and `p_eval_step(state, batch) -> (metrics, predictions)` (see eval_step).
+
+  The train step donates the state's buffers unless `donate=False`.
+  """
+  p_train_step = jax.pmap(
+      functools.partial(
+          train_step,
+          loss_fn=model.loss_function,
+          metrics_fn=model.get_metrics_fn('train'),
+          learning_rate_fn=learning_rate_fn,
+          ema_decay=config.get('ema_decay'),
+      ),
+      axis_name=AXIS_NAME,
+      donate_argnums=(0,) if donate else (),
+  )
+  p_eval_step = jax.pmap(
+      functools.partial(
+          eval_step,
+          metrics_fn=model.get_metrics_fn('validation'),
+          tta_flip_axes=tuple(config.get('tta_flip_axes') or ()),
+      ),
+      axis_name=AXIS_NAME,
+  )
+  return p_train_step, p_eval_step
+
+
 def replicate(tree):
   """`tree` on every local device: `flax.jax_utils.replicate` with `axis_name=AXIS_NAME`.
 

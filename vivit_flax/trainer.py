@@ -6,7 +6,6 @@ the data from `datasets.get_dataset(config)`.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -96,24 +95,8 @@ class Trainer:
     self.checkpoint_steps = int(
         config.get('checkpoint_steps') or self.log_eval_steps
     )
-    self.p_train_step = jax.pmap(
-        functools.partial(
-            train_utils.train_step,
-            loss_fn=self.model.loss_function,
-            metrics_fn=self.model.get_metrics_fn('train'),
-            learning_rate_fn=self.learning_rate_fn,
-            ema_decay=config.get('ema_decay'),
-        ),
-        axis_name=train_utils.AXIS_NAME,
-        donate_argnums=(0,),
-    )
-    self.p_eval_step = jax.pmap(
-        functools.partial(
-            train_utils.eval_step,
-            metrics_fn=self.model.get_metrics_fn('validation'),
-            tta_flip_axes=tuple(config.get('tta_flip_axes') or ()),
-        ),
-        axis_name=train_utils.AXIS_NAME,
+    self.p_train_step, self.p_eval_step = train_utils.pmapped_steps(
+        self.model, config, self.learning_rate_fn
     )
     self.writer = metric_writers.create_default_writer(
         workdir,
