@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vivit_flax import model, train_utils
+from vivit_flax import datasets, model, train_utils
 from vivit_flax.config_checks import check_choice, check_fraction, check_positive
 from vivit_flax.datasets import medmnist3d, npz_video, synthetic
 
@@ -190,13 +190,14 @@ REQUIRED = (
 )
 
 # Values that the config's parts check when they are built (the model its options, train_utils
-# its schedule and optimizer, each with config_checks) are not restated here: these are the
-# trainer's own.
+# its schedule and optimizer, each with config_checks) are not restated here. These are the
+# trainer's, and the dataset's (the lists datasets.get_dataset checks, here before any data file
+# is looked up).
 CHOICES = {
-    'dataset_name': ('medmnist3d', 'synthetic3d', 'npz_video'),
+    'dataset_name': tuple(datasets.LOADERS),
     # Scenic's name for the trainer of its ViViT project, the one this project implements.
     'trainer_name': ('vivit_trainer',),
-    'data_dtype_str': ('float32',),
+    'data_dtype_str': datasets.DATA_DTYPES,
 }
 
 POSITIVE = (

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vivit_flax.config_checks import check_choice
+
 _DIM_NAMES = ('time', 'height', 'width')
 # Tokenisers (config.model.temporal_encoding_config.method): tubelets of a 3D
 # convolution, or 2D patches of uniformly sampled frames.
@@ -65,6 +67,11 @@ def token_grid(
     ValueError: when a patch does not tile the input (and drop_remainder is
       False) or leaves zero tokens along some dimension.
   """
+  check_choice(
+      'config.model.temporal_encoding_config.method',
+      tokenizer,
+      TEMPORAL_ENCODINGS,
+  )
   t_in, h_in, w_in = (int(s) for s in input_thw)
   if tokenizer == 'temporal_sampling':
     if len(patch_size) == 3 and patch_size[2] != 1:
@@ -80,7 +87,7 @@ def token_grid(
       )
     t_tokens = len(sample_frame_indices(t_in, n_sampled_frames))
     checks = ((1, h_in, patch_size[0]), (2, w_in, patch_size[1]))
-  elif tokenizer == '3d_conv':
+  else:
     if len(patch_size) != 3:
       raise ValueError(
           "temporal_encoding_config.method='3d_conv' needs "
@@ -90,11 +97,6 @@ def token_grid(
     ph, pw, pt = patch_size
     t_tokens = None
     checks = ((0, t_in, pt), (1, h_in, ph), (2, w_in, pw))
-  else:
-    raise ValueError(
-        f'Unknown temporal_encoding_config.method {tokenizer!r}: use one of '
-        f'{", ".join(repr(t) for t in TEMPORAL_ENCODINGS)}.'
-    )
 
   counts = {0: t_tokens}
   for dim, size, patch in checks:

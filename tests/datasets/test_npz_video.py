@@ -156,7 +156,9 @@ def test_missing_path(tmp_path):
 
 
 def test_unknown_dataset_and_indivisible_batch(tmp_path):
-  with pytest.raises(ValueError, match="Unknown dataset_name 'mnist'"):
+  with pytest.raises(
+      ValueError, match="config.dataset_name='mnist' is not one of"
+  ):
     datasets.get_dataset(_config('mnist'), **DEVICES)
   with pytest.raises(ValueError, match='multiple of process_count'):
     datasets.get_dataset(

@@ -15,11 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vivit_flax.config_checks import check_choice
 from vivit_flax.datasets import input_pipeline
 from vivit_flax.datasets import medmnist3d
 from vivit_flax.datasets import npz_video
 
-_LOADERS = {
+# The input dtypes the pipeline serves (config.data_dtype_str).
+DATA_DTYPES = ('float32',)
+# config.dataset_name -> its loader(config.dataset_configs) -> (splits, metadata).
+LOADERS = {
     'medmnist3d': medmnist3d.load,
     'synthetic3d': npz_video.load_synthetic3d,
     'npz_video': npz_video.load,
@@ -40,14 +44,12 @@ def get_dataset(
     config, *, process_index=None, process_count=None, local_device_count=None
 ):
   """Loads config.dataset_name and returns a `Dataset` whose iterators serve this process's batches."""
-  if config.dataset_name not in _LOADERS:
-    raise ValueError(
-        f'Unknown dataset_name {config.dataset_name!r}; choose one of {sorted(_LOADERS)}.'
-    )
-  if config.get('data_dtype_str', 'float32') != 'float32':
-    raise ValueError(
-        f'data_dtype_str={config.data_dtype_str!r}: only float32 inputs are supported.'
-    )
+  check_choice('config.dataset_name', config.dataset_name, LOADERS)
+  check_choice(
+      'config.data_dtype_str',
+      config.get('data_dtype_str', DATA_DTYPES[0]),
+      DATA_DTYPES,
+  )
   process_index = (
       jax.process_index() if process_index is None else process_index
   )
@@ -64,7 +66,7 @@ def get_dataset(
   for b in (batch_size, eval_batch_size):
     input_pipeline.per_device_batch_size(b, process_count, local_device_count)
 
-  splits, meta = _LOADERS[config.dataset_name](config.dataset_configs)
+  splits, meta = LOADERS[config.dataset_name](config.dataset_configs)
   for split, (_, labels) in splits.items():
     if labels.size and labels.max() >= meta['num_classes']:
       raise ValueError(
