@@ -5,7 +5,8 @@ workdir ends with bitwise the same parameters and metrics as an uninterrupted ru
 loss stops the run and leaves the checkpoints as they were; a checkpoint of another model
 is refused, naming the parameter, with nothing in the workdir lost or overwritten; a
 damaged checkpoint is refused, naming its folder. The runs are subprocesses on the smoke
-config, 2 CPU devices, over a small synthetic set.
+config, 2 CPU devices, over a small synthetic set, through benchmarks/resume_stress.py's
+helpers (which repeats the kill-and-resume cycle at random moments as often as asked).
 """
 
 import json
@@ -14,99 +15,22 @@ import random
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import time
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
 
-from vivit_flax import checkpoints
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOKE = os.path.join(REPO, 'configs', 'synthetic', 'vivit_smoke.py')
-STEPS = 24
-# Checkpoints every 2 steps (the newest 3 kept), validation every 16 steps (one epoch), dropout
-# and every volume augmentation, so that resuming must also reproduce the random numbers of the
-# model and of the input pipeline.
-FLAGS = (
-    f'--config.num_training_steps={STEPS}',
-    '--config.checkpoint_steps=2',
-    '--config.log_summary_steps=4',
-    '--config.model.dropout_rate=0.1',
-    '--config.dataset_configs.augmentation.flip_axes=(0, 1, 2)',
-    '--config.dataset_configs.augmentation.rotate_planes=((1, 2),)',
-    '--config.dataset_configs.augmentation.max_shift=2',
-    '--config.dataset_configs.augmentation.intensity=0.1',
-    '--config.dataset_configs.augmentation.mixup_alpha=0.4',
-    '--config.dataset_configs.augmentation.cutmix_alpha=1.0',
+from benchmarks.resume_stress import (
+    EMA_FLAGS,
+    RUN_TIMEOUT_S,
+    STEPS,
+    SmokeRun,
+    finished_steps,
+    results_without_time,
+    wait_for_checkpoint,
 )
-RUN_TIMEOUT_S = 300
-
-
-class _Main:
-  """Runs main.py on the smoke config in subprocesses that share the data and, to save
-  most of the compile time after the first run, a JAX compilation cache."""
-
-  def __init__(self, data_dir, cache_dir):
-    self.data_dir = data_dir
-    self.env = dict(
-        os.environ,
-        JAX_PLATFORMS='cpu',
-        TF_CPP_MIN_LOG_LEVEL='2',
-        XLA_FLAGS='--xla_force_host_platform_device_count=2',
-        JAX_COMPILATION_CACHE_DIR=cache_dir,
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-    )
-
-  def start(self, workdir, *overrides):
-    command = [
-        sys.executable,
-        os.path.join(REPO, 'main.py'),
-        f'--config={SMOKE}',
-        f'--workdir={workdir}',
-        f'--config.dataset_configs.data_dir={self.data_dir}',
-        *FLAGS,
-        *overrides,
-    ]
-    return subprocess.Popen(
-        command,
-        env=self.env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-  def run(self, workdir, *overrides):
-    """Runs main.py to its end; returns (exit code, output)."""
-    proc = self.start(workdir, *overrides)
-    output = proc.communicate(timeout=RUN_TIMEOUT_S)[0]
-    return proc.returncode, output
-
-
-def _steps(workdir):
-  """Steps of the finished checkpoints in `workdir` (Orbax renames a save into place when done)."""
-  folder = os.path.join(workdir, 'checkpoints')
-  return (
-      sorted(int(n) for n in os.listdir(folder) if n.isdigit())
-      if os.path.isdir(folder)
-      else []
-  )
-
-
-def _wait_for_checkpoint(proc, workdir, step):
-  """Blocks until `workdir` holds a finished checkpoint of step `step` or later."""
-  deadline = time.time() + RUN_TIMEOUT_S
-  while not _steps(workdir) or _steps(workdir)[-1] < step:
-    if proc.poll() is not None or time.time() > deadline:
-      proc.kill()
-      pytest.fail(
-          f'No checkpoint of step >= {step} appeared:\n{proc.communicate()[0][-4000:]}'
-      )
-    time.sleep(0.02)
+from vivit_flax import checkpoints
 
 
 def _snapshot(folder):
@@ -140,8 +64,8 @@ def _assert_same_params(workdir, reference):
 
 @pytest.fixture(scope='module')
 def main(smoke_data_dir, tmp_path_factory):
-  """A _Main over the smoke config's synthetic set at its configured size."""
-  return _Main(smoke_data_dir, str(tmp_path_factory.mktemp('jax_cache')))
+  """A SmokeRun over the smoke config's synthetic set at its configured size."""
+  return SmokeRun(smoke_data_dir, str(tmp_path_factory.mktemp('jax_cache')))
 
 
 @pytest.fixture(scope='module')
@@ -150,7 +74,7 @@ def reference(main, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('reference'))
   code, output = main.run(workdir)
   assert code == 0, output[-4000:]
-  assert _steps(workdir) == [
+  assert finished_steps(workdir) == [
       STEPS - 4,
       STEPS - 2,
       STEPS,
@@ -164,11 +88,11 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(
   workdir = str(tmp_path)
   kill_after = random.Random(6).randrange(2, STEPS - 6)
   proc = main.start(workdir)
-  _wait_for_checkpoint(proc, workdir, kill_after)
+  wait_for_checkpoint(proc, workdir, kill_after)
   proc.send_signal(signal.SIGKILL)
   proc.communicate(timeout=RUN_TIMEOUT_S)
   assert proc.returncode == -signal.SIGKILL
-  killed_at = _steps(workdir)[-1]
+  killed_at = finished_steps(workdir)[-1]
   assert 0 < killed_at < STEPS
 
   code, output = main.run(workdir)
@@ -190,7 +114,7 @@ def test_sigterm_checkpoints_the_current_step_exits_cleanly_and_resumes_identica
   workdir = str(tmp_path)
   signal_after = random.Random(7).randrange(2, STEPS - 6)
   proc = main.start(workdir)
-  _wait_for_checkpoint(proc, workdir, signal_after)
+  wait_for_checkpoint(proc, workdir, signal_after)
   proc.send_signal(signal.SIGTERM)
   output = proc.communicate(timeout=RUN_TIMEOUT_S)[0]
   assert proc.returncode == 0 and 'Traceback' not in output, output[-4000:]
@@ -198,7 +122,7 @@ def test_sigterm_checkpoints_the_current_step_exits_cleanly_and_resumes_identica
       re.search(r'Preempted: checkpoint of step (\d+) saved', output).group(1)
   )
   assert signal_after <= preempted_at < STEPS
-  assert _steps(workdir)[-1] == preempted_at
+  assert finished_steps(workdir)[-1] == preempted_at
   assert not os.path.exists(os.path.join(workdir, 'results.json'))
 
   code, output = main.run(workdir)
@@ -276,22 +200,6 @@ def test_damaged_checkpoint_fails_naming_its_folder(reference, tmp_path):
       checkpoints.restore_latest(manager, target)
 
 
-# The options whose state a resumed run must also restore: the parameter average (in the
-# checkpoint) and the best validation score so far (in checkpoints_best/), evaluated every 4 steps.
-EMA_FLAGS = (
-    '--config.ema_decay=0.9',
-    '--config.best_checkpoint_metric=accuracy',
-    '--config.log_eval_steps=4',
-    '--config.tta_flip_axes=(1, 2)',
-)
-
-
-def _results(workdir):
-  results = json.loads(open(os.path.join(workdir, 'results.json')).read())
-  del results['train_seconds']
-  return results
-
-
 def test_sigkill_then_resume_with_ema_and_best_checkpoint_is_bitwise_identical(
     main, tmp_path
 ):
@@ -302,10 +210,10 @@ def test_sigkill_then_resume_with_ema_and_best_checkpoint_is_bitwise_identical(
   assert code == 0, output[-4000:]
   kill_after = random.Random(8).randrange(6, STEPS - 6)
   proc = main.start(workdir, *EMA_FLAGS)
-  _wait_for_checkpoint(proc, workdir, kill_after)
+  wait_for_checkpoint(proc, workdir, kill_after)
   proc.send_signal(signal.SIGKILL)
   proc.communicate(timeout=RUN_TIMEOUT_S)
-  killed_at = _steps(workdir)[-1]
+  killed_at = finished_steps(workdir)[-1]
   assert 0 < killed_at < STEPS
 
   code, output = main.run(workdir, *EMA_FLAGS)
@@ -318,8 +226,8 @@ def test_sigkill_then_resume_with_ema_and_best_checkpoint_is_bitwise_identical(
       checkpoints.restore_params(w, 'best')[0] for w in (workdir, reference_dir)
   )
   jax.tree_util.tree_map(np.testing.assert_array_equal, best, expected_best)
-  results = _results(workdir)
-  assert results == _results(reference_dir)
+  results = results_without_time(workdir)
+  assert results == results_without_time(reference_dir)
   assert (
       results['best']['step'] <= STEPS
       and 'balanced_accuracy' in results['best']['test']
