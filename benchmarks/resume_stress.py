@@ -147,7 +147,8 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the kill moments.')
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO.
+  # Orbax logs every restore at INFO and each read-only manager at WARNING.
+  logging.set_verbosity(logging.ERROR)
   from vivit_flax.datasets import synthetic  # pylint: disable=g-import-not-at-top
   from configs.synthetic import vivit_smoke  # pylint: disable=g-import-not-at-top
 
@@ -196,7 +197,9 @@ def main(argv):
   print(
       f'{failed} of {_CYCLES.value} resumed runs differ from the uninterrupted one.'
   )
-  sys.exit(1 if failed else 0)
+  if failed:
+    sys.exit(f'The workdirs are kept in {root}.')
+  shutil.rmtree(root)
 
 
 if __name__ == '__main__':
