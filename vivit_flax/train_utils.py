@@ -128,22 +128,24 @@ def create_learning_rate_fn(
   return learning_rate
 
 
-def _adam(learning_rate_fn: Callable, opt: ml_collections.ConfigDict):
-  return optax.adam(
-      learning_rate_fn,
+def _adam_moments(opt: ml_collections.ConfigDict) -> dict[str, float]:
+  """Adam's moment decays and epsilon from config.optimizer_configs."""
+  return dict(
       b1=opt.get('beta1', 0.9),
       b2=opt.get('beta2', 0.999),
       eps=opt.get('epsilon', 1e-8),
   )
 
 
+def _adam(learning_rate_fn: Callable, opt: ml_collections.ConfigDict):
+  return optax.adam(learning_rate_fn, **_adam_moments(opt))
+
+
 def _adamw(learning_rate_fn: Callable, opt: ml_collections.ConfigDict):
   return optax.adamw(
       learning_rate_fn,
-      b1=opt.get('beta1', 0.9),
-      b2=opt.get('beta2', 0.999),
-      eps=opt.get('epsilon', 1e-8),
       weight_decay=opt.get('weight_decay', 1e-4),
+      **_adam_moments(opt),
   )
 
 

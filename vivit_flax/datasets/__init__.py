@@ -93,7 +93,8 @@ def get_dataset(
       ),
   )
 
-  devices = dict(
+  common = dict(
+      num_classes=meta['num_classes'],
       process_index=process_index,
       process_count=process_count,
       local_device_count=local_device_count,
@@ -103,20 +104,16 @@ def get_dataset(
   def train_iter(start_step):
     return input_pipeline.train_iterator(
         *splits['train'],
-        num_classes=meta['num_classes'],
         batch_size=batch_size,
         seed=config.get('rng_seed', 0),
         start_step=start_step,
         augmentation=config.dataset_configs.get('augmentation'),
-        **devices,
+        **common,
     )
 
   def eval_iter(split):
     return input_pipeline.eval_iterator(
-        *arrays(split),
-        num_classes=meta['num_classes'],
-        batch_size=eval_batch_size,
-        **devices,
+        *arrays(split), batch_size=eval_batch_size, **common
     )
 
   def arrays(split):
