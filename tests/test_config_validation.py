@@ -470,6 +470,8 @@ def test_fuzz_accepted_configs_train_and_rejected_ones_say_why(config):
             r'tta_flip_axes=\(1, 3\) must be distinct volume axes',
         ),
         ({'tta_flip_axes': (2, 2)}, r'tta_flip_axes=\(2, 2\) must be distinct'),
+        ({'tta_shift': -1}, r'tta_shift=-1 must be zero or positive'),
+        ({'tta_shift': 1.5}, r'tta_shift must be int'),
         (
             {'best_checkpoint_metric': 'los'},
             r"best_checkpoint_metric='los' is not one of",
@@ -486,6 +488,7 @@ def test_training_options_pass_when_set():
   validate(
       _smoke(
           tta_flip_axes=(0, 2),
+          tta_shift=1,
           best_checkpoint_metric='auc',
           ema_decay=0.999,
           class_weighted_loss=True,

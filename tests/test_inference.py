@@ -76,6 +76,21 @@ def test_predictor_serves_raw_parameters_and_other_flips_when_asked(run):
       (),
   )
   np.testing.assert_allclose(raw_no_tta, expected, rtol=1e-5, atol=1e-6)
+  _, expected_shifts = train_utils.predict(
+      state.apply_fn,
+      jax.device_get(state.params),
+      augmentation.as_float_volumes(images),
+      (),
+      1,
+  )
+  np.testing.assert_allclose(
+      inference.load_predictor(
+          workdir, 'latest', moving_average=False, tta_flip_axes=(), tta_shift=1
+      )(images),
+      expected_shifts,
+      rtol=1e-5,
+      atol=1e-6,
+  )
   default = inference.load_predictor(workdir, 'latest')(images)
   assert not np.allclose(raw_no_tta, default, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(

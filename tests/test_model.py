@@ -476,6 +476,39 @@ def test_conv_stem_matches_lax_convolution_and_sets_the_token_grid():
   )
 
 
+def test_valid_stem_with_a_larger_kernel_matches_lax_convolution():
+  config = make_config(
+      stem=dict(features=(4,), strides=(1,), kernel_size=5, padding='VALID'),
+      patches=dict(size=(2, 2, 2)),
+  )
+  model = build(config)
+  t, h, w = INPUT[:3]
+  assert model.flax_model.token_grid((t, h, w)) == (
+      (t - 4) // 2,
+      (h - 4) // 2,
+      (w - 4) // 2,
+  )
+  params = init_params(model)
+  x = clips()
+  stem = params['stem']
+  assert stem['conv_0'].shape == (5, 5, 5, x.shape[-1], 4)
+  want = jax.lax.conv_general_dilated(
+      x,
+      stem['conv_0'],
+      (1, 1, 1),
+      'VALID',
+      dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'),
+  )
+  got = vivit.ConvStem((4,), (1,), 5, 'VALID').apply({'params': stem}, x)
+  np.testing.assert_allclose(
+      got, jax.nn.relu(want + stem['bias_0']), atol=1e-4, rtol=1e-4
+  )
+  with pytest.raises(
+      ValueError, match="stem.padding='valid' is not one of 'SAME', 'VALID'"
+  ):
+    build(make_config(stem=dict(features=(4,), strides=(1,), padding='valid')))
+
+
 def test_stem_stride_that_does_not_divide_the_input_is_refused():
   config = make_config(stem=dict(features=(8,), strides=(3,)))
   with pytest.raises(ValueError, match='stem.strides'):

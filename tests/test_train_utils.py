@@ -12,6 +12,7 @@ from flax import jax_utils
 
 from configs.synthetic import vivit_smoke
 from vivit_flax import model, train_utils
+from vivit_flax.datasets import augmentation
 
 
 def _config(**lr):
@@ -316,6 +317,46 @@ def test_predict_averages_the_softmax_over_all_flips():
   np.testing.assert_allclose(tta, expected, rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(jax.nn.softmax(logits), tta, rtol=1e-5, atol=1e-7)
   assert not np.allclose(tta, plain)
+
+
+def test_predict_averages_the_softmax_over_shifted_and_flipped_views():
+  state, batches, _ = _smoke_setup()
+  leaves, tree = jax.tree_util.tree_flatten(state.params)
+  keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
+  params = jax.tree_util.tree_unflatten(
+      tree,
+      [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)],
+  )
+  x = np.asarray(batches[0]['inputs'][:3])
+
+  def probs(v):
+    return np.asarray(
+        jax.nn.softmax(state.apply_fn({'params': params}, v, train=False))
+    )
+
+  def shifted(v, shift):  # the training augmentation's own translation
+    return np.stack([augmentation._shift(volume, shift) for volume in v])
+
+  translations = [(0, 0, 0)] + [
+      tuple(s if i == axis else 0 for i in range(3))
+      for axis in range(3)
+      for s in (-2, 2)
+  ]
+  views = [shifted(v, t) for v in (x, x[:, :, ::-1]) for t in translations]
+  expected = np.mean([probs(v) for v in views], axis=0)
+  logits, tta = train_utils.predict(
+      state.apply_fn, params, jnp.asarray(x), (1,), 2
+  )
+  assert len(train_utils.test_time_views(jnp.asarray(x), (1,), 2)) == 14
+  np.testing.assert_allclose(tta, expected, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(jax.nn.softmax(logits), tta, rtol=1e-5, atol=1e-7)
+  _, shifts_only = train_utils.predict(state.apply_fn, params, x, (), 2)
+  np.testing.assert_allclose(
+      shifts_only,
+      np.mean([probs(shifted(x, t)) for t in translations], axis=0),
+      rtol=1e-5,
+      atol=1e-7,
+  )
 
 
 def test_eval_step_predicts_with_the_parameter_average():

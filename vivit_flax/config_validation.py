@@ -23,7 +23,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from vivit_flax import datasets, model, train_utils
-from vivit_flax.config_checks import check_choice, check_fraction, check_positive
+from vivit_flax.config_checks import (
+    check_choice,
+    check_fraction,
+    check_non_negative,
+    check_positive,
+)
 from vivit_flax.datasets import medmnist3d, npz_video, synthetic
 
 _INT = (int,)
@@ -89,7 +94,12 @@ SCHEMA: dict[str, Any] = {
         'mlp_dim': _INT,
         'num_layers': _INT,
         'patches': {'size': _SEQ, 'drop_remainder': _BOOL},
-        'stem': {'features': _SEQ, 'strides': _SEQ},
+        'stem': {
+            'features': _SEQ,
+            'strides': _SEQ,
+            'kernel_size': _INT,
+            'padding': _STR,
+        },
         'classifier': _STR,
         'representation_size': _INT + _NONE,
         'dropout_rate': _NUM,
@@ -150,6 +160,7 @@ SCHEMA: dict[str, Any] = {
     'ema_decay': _NUM + _NONE,
     'best_checkpoint_metric': _STR + _NONE,
     'tta_flip_axes': _SEQ,
+    'tta_shift': _INT + _NONE,
 }
 
 # Scenic keys the schema accepts but nothing here reads, each with the value that asks for what
@@ -321,6 +332,8 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
         f'config.tta_flip_axes={axes!r} must be distinct volume axes among 0 '
         '(depth), 1 (height) and 2 (width).'
     )
+  with _as_config_error():
+    check_non_negative('config.tta_shift', config.get('tta_shift'))
 
 
 def unused_keys(config: ml_collections.ConfigDict) -> list[str]:

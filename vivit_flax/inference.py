@@ -32,15 +32,16 @@ def load_predictor(
     *,
     moving_average: bool = True,
     tta_flip_axes: tuple[int, ...] | None = None,
+    tta_shift: int | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
   """A function from volumes to class probabilities, using a checkpoint in `workdir`.
 
   `checkpoint`: 'best' (the best-on-validation one that config.best_checkpoint_metric kept,
   else the newest) or 'latest' (the newest). By default it predicts as evaluation scored:
   with the moving-average parameters where the run kept them, and averaging over the flips
-  of config.tta_flip_axes (`train_utils.predict`). `moving_average=False` serves the
-  optimizer's own parameters instead; `tta_flip_axes` (e.g. `()` for none) replaces the
-  config's flips.
+  of config.tta_flip_axes and the shifts of config.tta_shift (`train_utils.predict`).
+  `moving_average=False` serves the optimizer's own parameters instead; `tta_flip_axes`
+  (e.g. `()` for none) and `tta_shift` (0 for none) replace the config's.
 
   The function takes uint8 volumes `[N, T, H, W]` or `[N, T, H, W, C]` (depth first, as
   MedMNIST stores them; float input is taken as already scaled to [0, 1]) and returns
@@ -55,11 +56,15 @@ def load_predictor(
   if tta_flip_axes is None:
     tta_flip_axes = config.get('tta_flip_axes') or ()
   flip_axes = tuple(tta_flip_axes)
+  if tta_shift is None:
+    tta_shift = config.get('tta_shift') or 0
   expected = meta['input_shape'][1:]
 
   @jax.jit
   def probabilities(x):
-    return train_utils.predict(flax_model.apply, params, x, flip_axes)[1]
+    return train_utils.predict(
+        flax_model.apply, params, x, flip_axes, tta_shift
+    )[1]
 
   def predict(volumes: np.ndarray) -> np.ndarray:
     volumes = np.asarray(volumes)

@@ -268,23 +268,27 @@ class FastPatchEmbedding(nn.Module):
 class ConvStem(nn.Module):
   """Convolutional stem before the tubelet embedding ("Early Convolutions Help
   Transformers See Better", Xiao et al. 2021, in 3D): per entry of `features`,
-  a 3x3x3 SAME convolution with stride `strides[i]` and a ReLU. Every token
-  then embeds local shape features of its tubelet and of the voxels around it,
-  not only a linear map of its own voxels. The convolution is computed as one
-  product over the 27 shifted views (model_utils.conv3x3x3), which XLA:CPU runs
-  faster than its own 3D convolution."""
+  a cubic convolution of `kernel_size` with stride `strides[i]`, `padding`
+  'SAME' or 'VALID', and a ReLU. Every token then embeds local shape features
+  of its tubelet and of the voxels around it, not only a linear map of its own
+  voxels. The convolution is computed as one product over the shifted views
+  (model_utils.conv3d), which XLA:CPU runs faster than its own 3D convolution.
+  """
 
   features: tuple[int, ...]
   strides: tuple[int, ...]
+  kernel_size: int = 3
+  padding: str = 'SAME'
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
     for i, (features, stride) in enumerate(zip(self.features, self.strides)):
       kernel = self.param(
           f'conv_{i}',
           nn.initializers.lecun_normal(),
-          (3, 3, 3, x.shape[-1], features),
+          (k, k, k, x.shape[-1], features),
           jnp.float32,
       )
       bias = self.param(
@@ -293,7 +297,7 @@ class ConvStem(nn.Module):
       x, kernel, bias = nn.dtypes.promote_dtype(
           x, kernel, bias, dtype=self.dtype
       )
-      x = nn.relu(model_utils.conv3x3x3(x, kernel, stride) + bias)
+      x = nn.relu(model_utils.conv3d(x, kernel, stride, self.padding) + bias)
     return x
 
 
@@ -408,8 +412,8 @@ class ViViT(nn.Module):
   Tokens come from tubelets (tokenizer '3d_conv', a strided 3D convolution
   with patch_size (h, w, t)) or from 2D (h, w) patches of n_sampled_frames
   uniformly sampled frames ('temporal_sampling'), optionally after a
-  convolutional stem (stem_features, stem_strides: ConvStem) whose output the
-  tubelets then tile. Parameters are float32;
+  convolutional stem (stem_features, stem_strides, stem_kernel_size,
+  stem_padding: ConvStem) whose output the tubelets then tile. Parameters are float32;
   activations use `dtype`; logits are float32. attention_implementation is
   passed to jax.nn.dot_product_attention (None/'xla', or 'cudnn' flash
   attention in bfloat16, with XLA for shapes cuDNN rejects such as an odd
@@ -440,6 +444,8 @@ class ViViT(nn.Module):
   positional_embedding: str = 'learned_1d'
   stem_features: tuple[int, ...] = ()
   stem_strides: tuple[int, ...] = ()
+  stem_kernel_size: int = 3
+  stem_padding: str = 'SAME'
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   stochastic_droplayer_rate: float = 0.0
@@ -523,6 +529,12 @@ class ViViT(nn.Module):
           f'entry per convolution, strides >= 1; got {self.stem_features} and '
           f'{self.stem_strides}.'
       )
+    check_choice(
+        'config.model.stem.padding',
+        self.stem_padding,
+        model_utils.STEM_PADDINGS,
+    )
+    check_positive('config.model.stem.kernel_size', self.stem_kernel_size)
     if self.stem_features and self.tokenizer != '3d_conv':
       raise ValueError(
           'config.model.stem needs temporal_encoding_config.method=3d_conv: '
@@ -565,14 +577,21 @@ class ViViT(nn.Module):
 
   def token_grid(self, input_thw: Sequence[int]) -> tuple[int, int, int]:
     """Tokens along (time, height, width) for clips of shape (T, H, W)."""
-    stride = int(np.prod(self.stem_strides))
-    if any(size % stride for size in input_thw):
-      raise ValueError(
-          f"The stem's strides {self.stem_strides} reduce the input by {stride},"
-          f' which does not divide the input size {tuple(input_thw)}: change '
-          'config.model.stem.strides.'
+    if self.stem_padding == 'SAME':
+      stride = int(np.prod(self.stem_strides))
+      if any(size % stride for size in input_thw):
+        raise ValueError(
+            f"The stem's strides {self.stem_strides} reduce the input by"
+            f' {stride}, which does not divide the input size'
+            f' {tuple(input_thw)}: change config.model.stem.strides.'
+        )
+    for stride in self.stem_strides:
+      input_thw = tuple(
+          model_utils.stem_output_size(
+              size, self.stem_kernel_size, stride, self.stem_padding
+          )
+          for size in input_thw
       )
-    input_thw = tuple(size // stride for size in input_thw)
     return model_utils.token_grid(
         input_thw,
         self.patch_size,
@@ -618,7 +637,12 @@ class ViViT(nn.Module):
       )
     if self.stem_features:
       x = ConvStem(
-          self.stem_features, self.stem_strides, dtype=self.dtype, name='stem'
+          self.stem_features,
+          self.stem_strides,
+          self.stem_kernel_size,
+          self.stem_padding,
+          dtype=self.dtype,
+          name='stem',
       )(x)
     kernel_init = model_utils.TUBELET_INITIALIZERS[self.kernel_init_method]()
     return self._patch_embedding((self.patch_size[2], ph, pw), kernel_init)(x)
@@ -784,6 +808,8 @@ class ViViTClassificationModel:
         stochastic_droplayer_rate=m.get('stochastic_droplayer_rate', 0.0),
         stem_features=tuple(stem.get('features') or ()),
         stem_strides=tuple(stem.get('strides') or ()),
+        stem_kernel_size=stem.get('kernel_size', 3),
+        stem_padding=stem.get('padding', 'SAME'),
         return_prelogits=m.get('return_prelogits', False),
         dtype=MODEL_DTYPES[dtype_str],
         attention_implementation=m.get('attention_implementation'),

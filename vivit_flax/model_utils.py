@@ -119,30 +119,46 @@ def token_grid(
   return counts[0], counts[1], counts[2]
 
 
-def conv3x3x3(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
-  """SAME 3x3x3 convolution of [B, T, H, W, C] with kernel [3, 3, 3, C, F] and
-  equal strides, as the product of the 27 shifted, strided views of the
-  zero-padded input with the kernel (lax.conv_general_dilated's result)."""
+STEM_PADDINGS = ('SAME', 'VALID')
+
+
+def stem_output_size(size: int, kernel: int, stride: int, padding: str) -> int:
+  """Voxels along one axis after a cubic convolution of `size` voxels, as
+  lax.conv_general_dilated counts them."""
+  if padding == 'SAME':
+    return -(-size // stride)
+  return max((size - kernel) // stride + 1, 0)
+
+
+def conv3d(
+    x: jax.Array, kernel: jax.Array, stride: int = 1, padding: str = 'SAME'
+) -> jax.Array:
+  """Cubic 3D convolution of [B, T, H, W, C] with kernel [k, k, k, C, F],
+  equal strides and SAME or VALID padding, as the product of the k^3 shifted,
+  strided views of the (zero-padded) input with the kernel
+  (lax.conv_general_dilated's result)."""
   b, t, h, w, c = x.shape
-  out = [-(-n // stride) for n in (t, h, w)]
-  totals = [max((o - 1) * stride + 3 - n, 0) for o, n in zip(out, (t, h, w))]
-  pads = [(total // 2, total - total // 2) for total in totals]
-  x = jnp.pad(x, [(0, 0)] + pads + [(0, 0)])
+  k = kernel.shape[0]
+  out = [stem_output_size(n, k, stride, padding) for n in (t, h, w)]
+  if padding == 'SAME':
+    totals = [max((o - 1) * stride + k - n, 0) for o, n in zip(out, (t, h, w))]
+    pads = [(total // 2, total - total // 2) for total in totals]
+    x = jnp.pad(x, [(0, 0)] + pads + [(0, 0)])
   views = [
       x[
           :,
           i : i + (out[0] - 1) * stride + 1 : stride,
           j : j + (out[1] - 1) * stride + 1 : stride,
-          k : k + (out[2] - 1) * stride + 1 : stride,
+          l : l + (out[2] - 1) * stride + 1 : stride,
       ]
-      for i in range(3)
-      for j in range(3)
-      for k in range(3)
+      for i in range(k)
+      for j in range(k)
+      for l in range(k)
   ]
   return jnp.einsum(
       'nbthwc,ncf->bthwf',
       jnp.stack(views),
-      kernel.reshape(27, c, kernel.shape[-1]),
+      kernel.reshape(k**3, c, kernel.shape[-1]),
   )
 
 

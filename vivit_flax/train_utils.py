@@ -269,32 +269,62 @@ def train_step(
   return new_state, metrics
 
 
+def shift_volumes(inputs: jnp.ndarray, axis: int, shift: int) -> jnp.ndarray:
+  """`inputs` [N, T, H, W, C] translated by `shift` voxels along volume axis
+  `axis` (0 depth, 1 height, 2 width), zero-filled, as training's random
+  shifts (`datasets.augmentation`) translate one volume."""
+  axis += 1
+  n = inputs.shape[axis]
+  pad = [(0, 0)] * inputs.ndim
+  pad[axis] = (max(shift, 0), max(-shift, 0))
+  start = max(-shift, 0)
+  return jax.lax.slice_in_dim(jnp.pad(inputs, pad), start, start + n, axis=axis)
+
+
+def test_time_views(
+    inputs: jnp.ndarray, flip_axes: Sequence[int] = (), shift: int = 0
+) -> list[jnp.ndarray]:
+  """The views test-time augmentation averages over: every combination of
+  flips along `flip_axes` (volume axes), each also translated by +-`shift`
+  voxels along each volume axis in turn (1 + 6 translations) when `shift`."""
+  flip_axes = tuple(sorted(set(int(a) for a in flip_axes)))
+  translations = [(0, 0)]
+  if shift:
+    translations += [(axis, s) for axis in range(3) for s in (-shift, shift)]
+  views = []
+  for subset in itertools.product((False, True), repeat=len(flip_axes)):
+    axes = tuple(1 + a for a, flip in zip(flip_axes, subset) if flip)
+    x = jnp.flip(inputs, axis=axes) if axes else inputs
+    views += [shift_volumes(x, a, s) if s else x for a, s in translations]
+  return views
+
+
 def predict(
     apply_fn: Callable,
     params: Any,
     inputs: jnp.ndarray,
     flip_axes: Sequence[int] = (),
+    shift: int = 0,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Logits and float32 class probabilities of `inputs` [N, T, H, W, C].
 
-  With `flip_axes` (volume axes: 0 depth, 1 height, 2 width), test-time augmentation: the
-  probabilities are the mean of the softmax over all 2^k combinations of flips along those
-  axes, and the logits returned are their log (so argmax and cross-entropy score the mean).
-  Evaluation and `inference.load_predictor` both predict through this function.
+  With `flip_axes` (volume axes: 0 depth, 1 height, 2 width) or `shift`
+  (voxels), test-time augmentation: the probabilities are the mean of the
+  softmax over the views of `test_time_views`, and the logits returned are
+  their log (so argmax and cross-entropy score the mean). Evaluation and
+  `inference.load_predictor` both predict through this function.
   """
-  flip_axes = tuple(sorted(set(int(a) for a in flip_axes)))
-  if not flip_axes:
+  views = test_time_views(inputs, flip_axes, shift)
+  if len(views) == 1:
     logits = apply_fn({'params': params}, inputs, train=False)
     return logits, jax.nn.softmax(logits.astype(jnp.float32))
   total = None
-  for subset in itertools.product((False, True), repeat=len(flip_axes)):
-    axes = tuple(1 + a for a, flip in zip(flip_axes, subset) if flip)
-    x = jnp.flip(inputs, axis=axes) if axes else inputs
+  for x in views:
     p = jax.nn.softmax(
         apply_fn({'params': params}, x, train=False).astype(jnp.float32)
     )
     total = p if total is None else total + p
-  probabilities = total / (2 ** len(flip_axes))
+  probabilities = total / len(views)
   return (
       jnp.log(jnp.maximum(probabilities, jnp.finfo(jnp.float32).tiny)),
       probabilities,
@@ -307,16 +337,21 @@ def eval_step(
     *,
     metrics_fn: Callable,
     tta_flip_axes: Sequence[int] = (),
+    tta_shift: int = 0,
 ) -> tuple[Metrics, dict[str, jnp.ndarray]]:
   """Summed, weighted metrics of one evaluation batch, and every device's predictions.
 
   Predicts with `state.eval_params` (the moving average when kept) through `predict`
-  (test-time flips `tta_flip_axes`). The predictions (probabilities, labels, weights) are
+  (test-time flips `tta_flip_axes` and shifts `tta_shift`). The predictions (probabilities, labels, weights) are
   gathered over all devices of all processes, so each host can compute dataset-level
   scores such as AUC.
   """
   logits, probabilities = predict(
-      state.apply_fn, state.eval_params, batch['inputs'], tta_flip_axes
+      state.apply_fn,
+      state.eval_params,
+      batch['inputs'],
+      tta_flip_axes,
+      tta_shift,
   )
   outputs = {
       'probabilities': probabilities,
@@ -349,6 +384,7 @@ def pmapped_steps(model, config, learning_rate_fn, donate=True):
           eval_step,
           metrics_fn=model.get_metrics_fn('validation'),
           tta_flip_axes=tuple(config.get('tta_flip_axes') or ()),
+          tta_shift=config.get('tta_shift') or 0,
       ),
       axis_name=AXIS_NAME,
   )

@@ -66,6 +66,8 @@ def get_config(arg: str = 'adrenalmnist3d'):
   config.model.stem = ml_collections.ConfigDict()
   config.model.stem.features = (8,)
   config.model.stem.strides = (1,) if size == 28 else (2,)
+  config.model.stem.kernel_size = 3
+  config.model.stem.padding = 'SAME'
   config.model.patches = ml_collections.ConfigDict()
   config.model.patches.size = (
       (7, 7, 7) if size == 28 else (8, 8, 8)
