@@ -2,7 +2,7 @@
 kernel initialisers, the fixed 3D sin-cos position embedding, attention along
 one axis of a token grid, and the weighted classification losses/metrics."""
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from absl import logging
 import flax.linen as nn
@@ -327,16 +327,16 @@ def factorized_dot_product_attention(
     value: jax.Array,
     *,
     dropout_rng: Optional[jax.Array] = None,
-    dropout_rate: float = 0.0,
-    deterministic: bool = True,
-    implementation: Optional[str] = None,
-    fast_dropout: bool = False,
+    **attention_options: Any,
 ) -> jax.Array:
   """ViViT Model 4 attention on [batch, time, space, heads, depth] arrays.
 
   The first half of the heads attends over time (tokens at the same spatial
   position), the second half over space (tokens of the same time index), as
-  in Scenic; the halves are concatenated back along the heads axis.
+  in Scenic; the halves are concatenated back along the heads axis. Each half
+  is a `dot_product_attention` with its own split of `dropout_rng` and the
+  same `attention_options` (dropout_rate, deterministic, implementation,
+  fast_dropout).
   """
   half = query.shape[-2] // 2
   rngs = (
@@ -354,10 +354,7 @@ def factorized_dot_product_attention(
             value[..., heads, :],
             axis=axis,
             dropout_rng=rng,
-            dropout_rate=dropout_rate,
-            deterministic=deterministic,
-            implementation=implementation,
-            fast_dropout=fast_dropout,
+            **attention_options,
         )
     )
   return jnp.concatenate(outs, axis=-2)
