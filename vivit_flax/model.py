@@ -413,8 +413,8 @@ class ViViT(nn.Module):
   with patch_size (h, w, t)) or from 2D (h, w) patches of n_sampled_frames
   uniformly sampled frames ('temporal_sampling'), optionally after a
   convolutional stem (stem_features, stem_strides, stem_kernel_size,
-  stem_padding: ConvStem) whose output the tubelets then tile. Parameters are float32;
-  activations use `dtype`; logits are float32. attention_implementation is
+  stem_padding: ConvStem) whose output the tubelets then tile. Parameters are
+  float32; activations use `dtype`; logits are float32. attention_implementation is
   passed to jax.nn.dot_product_attention (None/'xla', or 'cudnn' flash
   attention in bfloat16, with XLA for shapes cuDNN rejects such as an odd
   token count) wherever attention runs along the token axis without

@@ -342,9 +342,9 @@ def eval_step(
   """Summed, weighted metrics of one evaluation batch, and every device's predictions.
 
   Predicts with `state.eval_params` (the moving average when kept) through `predict`
-  (test-time flips `tta_flip_axes` and shifts `tta_shift`). The predictions (probabilities, labels, weights) are
-  gathered over all devices of all processes, so each host can compute dataset-level
-  scores such as AUC.
+  (test-time flips `tta_flip_axes` and shifts `tta_shift`). The predictions
+  (probabilities, labels, weights) are gathered over all devices of all processes,
+  so each host can compute dataset-level scores such as AUC.
   """
   logits, probabilities = predict(
       state.apply_fn,

@@ -107,9 +107,8 @@ def get_config():
   # e.g. 'auc': also keep the best-on-validation state in <workdir>/checkpoints_best/.
   config.best_checkpoint_metric = placeholder(str)
   config.tta_flip_axes = ()  # e.g. (1, 2): average predictions over height/width flips.
-  config.tta_shift = (
-      0  # e.g. 1: average predictions over +-1-voxel shifts along each axis.
-  )
+  # e.g. 1: also average predictions over +-1-voxel shifts along each axis.
+  config.tta_shift = 0
   config.stop_on_nan = True
   config.deterministic = (
       False  # True: also fixed reduction order on GPUs (slower).
