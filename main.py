@@ -112,7 +112,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   logging.get_absl_handler().addFilter(_QuietOrbaxInfo())
-  if FLAGS.config.get('deterministic', False):
+  if FLAGS.config.get('deterministic'):
     # Reductions and scatters in a fixed order on GPUs (slower); CPU and TPU runs already are.
     os.environ['XLA_FLAGS'] = ' '.join(
         [os.environ.get('XLA_FLAGS', ''), '--xla_gpu_deterministic_ops=true']

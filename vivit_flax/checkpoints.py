@@ -21,6 +21,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import serialization
 
+from vivit_flax import default_config
+
 
 class CheckpointMismatchError(ValueError):
   """The checkpoint in a workdir does not fit the model that the config builds."""
@@ -53,7 +55,7 @@ def create_manager(
     options = ocp.CheckpointManagerOptions(
         max_to_keep=1
         if best
-        else int(config.get('max_checkpoints_to_keep', 3)),
+        else default_config.with_defaults(config).max_checkpoints_to_keep,
         create=True,
         cleanup_tmp_directories=True,
     )

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vivit_flax import datasets, model, train_utils
+from vivit_flax import datasets, default_config, model, train_utils
 from vivit_flax.config_checks import (
     check_choice,
     check_fraction,
@@ -31,139 +31,12 @@ from vivit_flax.config_checks import (
 )
 from vivit_flax.datasets import medmnist3d, npz_video, synthetic
 
-_INT = (int,)
-_NUM = (int, float)
-_STR = (str,)
-_BOOL = (bool,)
-_NONE = (type(None),)
-_SEQ = (tuple, list)
-_TRANSFORMER = {'num_heads': _INT, 'mlp_dim': _INT, 'num_layers': _INT}
-
 
 class ConfigError(ValueError):
   """The config asks for something this project cannot do; the message says what to change."""
 
 
-# Key -> accepted types. A nested ConfigDict is a dict here. '*' accepts any value.
-SCHEMA: dict[str, Any] = {
-    'experiment_name': _STR,
-    'dataset_name': _STR,
-    'dataset_configs': {
-        'name': _STR,
-        'size': _INT,
-        'data_dir': _STR + _NONE,
-        'download': _BOOL,
-        'path': _STR + _NONE,
-        'prefetch_to_device': _INT,
-        'num_workers': _INT + _NONE,
-        'seed': _INT,
-        'num_train': _INT,
-        'num_val': _INT,
-        'num_test': _INT,
-        # Scenic video-dataset keys, accepted so its configs load unchanged.
-        'base_dir': '*',
-        'tables': '*',
-        'examples_per_subset': '*',
-        'num_classes': '*',
-        'num_frames': '*',
-        'stride': '*',
-        'min_resize': '*',
-        'crop_size': '*',
-        'one_hot_labels': '*',
-        'zero_centering': '*',
-        'do_multicrop_test': '*',
-        'log_test_epochs': '*',
-        'num_test_clips': '*',
-        'test_batch_size': '*',
-        'do_three_spatial_crops': '*',
-        'augmentation_params': '*',
-        'augmentation': {
-            'flip_axes': _SEQ,
-            'rotate_planes': _SEQ,
-            'max_shift': _INT,
-            'intensity': _NUM,
-            'mixup_alpha': _NUM,
-            'cutmix_alpha': _NUM,
-        },
-    },
-    'data_dtype_str': _STR,
-    'model_name': _STR,
-    'model': {
-        'hidden_size': _INT,
-        'num_heads': _INT,
-        'mlp_dim': _INT,
-        'num_layers': _INT,
-        'patches': {'size': _SEQ, 'drop_remainder': _BOOL},
-        'stem': {
-            'features': _SEQ,
-            'strides': _SEQ,
-            'kernel_size': _INT,
-            'padding': _STR,
-        },
-        'classifier': _STR,
-        'representation_size': _INT + _NONE,
-        'dropout_rate': _NUM,
-        'attention_dropout_rate': _NUM,
-        'stochastic_droplayer_rate': _NUM,
-        'positional_embedding': _STR,
-        'temporal_encoding_config': {
-            'method': _STR,
-            'n_sampled_frames': _INT + _NONE,
-            'kernel_init_method': _STR + _NONE,
-        },
-        'attention_config': {'type': _STR, 'attention_order': _STR},
-        'spatial_transformer': _TRANSFORMER,
-        'temporal_transformer': _TRANSFORMER,
-        'attention_implementation': _STR + _NONE,
-        'cpu_fast_layers': _BOOL + _NONE,
-        'return_prelogits': _BOOL,
-    },
-    'model_dtype_str': _STR,
-    'trainer_name': _STR,
-    'optimizer': _STR,
-    'optimizer_configs': {
-        'beta1': _NUM,
-        'beta2': _NUM,
-        'epsilon': _NUM,
-        'weight_decay': _NUM,
-        'momentum': _NUM,
-        'nesterov': _BOOL,
-    },
-    'l2_decay_factor': _NUM + _NONE,
-    'max_grad_norm': _NUM + _NONE,
-    'label_smoothing': _NUM + _NONE,
-    'num_training_epochs': _INT + _NONE,
-    'num_training_steps': _INT + _NONE,
-    'batch_size': _INT,
-    'eval_batch_size': _INT + _NONE,
-    'rng_seed': _INT,
-    'lr_configs': {
-        'learning_rate_schedule': _STR,
-        'factors': _STR,
-        'base_learning_rate': _NUM,
-        'warmup_steps': _INT + _NONE,
-        'steps_per_cycle': _INT + _NONE,
-    },
-    'log_summary_steps': _INT + _NONE,
-    'log_eval_steps': _INT + _NONE,
-    'checkpoint_steps': _INT + _NONE,
-    'max_checkpoints_to_keep': _INT,
-    'write_summary': _BOOL,
-    'checkpoint': _BOOL,
-    'stop_on_nan': _BOOL,
-    'deterministic': _BOOL,
-    'init_from': '*',
-    'multicrop_clips_per_device': '*',
-    'debug_train': _BOOL,
-    'debug_eval': _BOOL,
-    'class_weighted_loss': _BOOL,
-    'ema_decay': _NUM + _NONE,
-    'best_checkpoint_metric': _STR + _NONE,
-    'tta_flip_axes': _SEQ,
-    'tta_shift': _INT + _NONE,
-}
-
-# Scenic keys the schema accepts but nothing here reads, each with the value that asks for what
+# Scenic keys default_config accepts but nothing here reads, each with the value that asks for what
 # this project does anyway (None: any value asks for something it does not do). `validate`
 # names, in one warning, every one a config sets to something else.
 UNUSED_SCENIC_KEYS: dict[str, Any] = {
@@ -187,18 +60,6 @@ UNUSED_SCENIC_KEYS: dict[str, Any] = {
     'debug_train': False,
     'debug_eval': False,
 }
-
-REQUIRED = (
-    'dataset_name',
-    'dataset_configs',
-    'model_name',
-    'model.hidden_size',
-    'model.patches.size',
-    'optimizer',
-    'lr_configs.base_learning_rate',
-    'batch_size',
-    'rng_seed',
-)
 
 # Values that the config's parts check when they are built (the model its options, train_utils
 # its schedule and optimizer, each with config_checks) are not restated here. These are the
@@ -236,52 +97,6 @@ MAX_SEED = 2**32 - 1
 _MISSING = object()
 
 
-def _type_names(types) -> str:
-  return ' or '.join('None' if t is type(None) else t.__name__ for t in types)
-
-
-def _check_keys(
-    node: ml_collections.ConfigDict, schema: dict, prefix: str
-) -> None:
-  for key in node.keys():
-    path = f'{prefix}{key}'
-    if key not in schema:
-      close = difflib.get_close_matches(key, list(schema), n=1)
-      hint = (
-          f' Did you mean config.{prefix}{close[0]}?'
-          if close
-          else (f' Known keys here: {", ".join(sorted(schema))}.')
-      )
-      raise ConfigError(f'Unknown config key config.{path}.{hint}')
-    expected, value = schema[key], node[key]
-    if expected == '*':
-      continue
-    if isinstance(expected, dict):
-      if value is None:
-        continue
-      if not isinstance(value, (ml_collections.ConfigDict, dict)):
-        raise ConfigError(
-            f'config.{path} must be a ConfigDict of {", ".join(sorted(expected))}; '
-            f'got {value!r}.'
-        )
-      _check_keys(
-          ml_collections.ConfigDict(value)
-          if isinstance(value, dict)
-          else value,
-          expected,
-          f'{path}.',
-      )
-    elif isinstance(value, bool) and bool not in expected:
-      raise ConfigError(
-          f'config.{path} must be {_type_names(expected)}; got the bool {value!r}.'
-      )
-    elif not isinstance(value, expected):
-      raise ConfigError(
-          f'config.{path} must be {_type_names(expected)}; got '
-          f'{type(value).__name__} {value!r}.'
-      )
-
-
 def _get(config, path: str, default=None):
   node = config
   for part in path.split('.'):
@@ -292,7 +107,7 @@ def _get(config, path: str, default=None):
 
 
 def _check_values(config: ml_collections.ConfigDict) -> None:
-  for path in REQUIRED:
+  for path in default_config.REQUIRED:
     if _get(config, path, _MISSING) in (_MISSING, None):
       raise ConfigError(f'config.{path} is missing; set it in the config file.')
   if not (
@@ -457,8 +272,8 @@ def validate(
 
   Logs one warning naming the Scenic keys it sets that this project does not use.
   """
-  _check_keys(config, SCHEMA, '')
   with _as_config_error():
+    default_config.with_defaults(config)
     _check_values(config)
   unused = unused_keys(config)
   if unused:

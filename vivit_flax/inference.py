@@ -11,19 +11,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vivit_flax import checkpoints, model, train_utils
+from vivit_flax import checkpoints, default_config, model, train_utils
 from vivit_flax.datasets import augmentation
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run saved as `<workdir>/config.json`."""
+  """The config a run saved as `<workdir>/config.json`, with default_config's defaults."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise FileNotFoundError(
         f'{path} does not exist: {workdir} is not a training workdir.'
     )
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return default_config.with_defaults(ml_collections.ConfigDict(json.load(f)))
 
 
 def load_predictor(
@@ -54,10 +54,10 @@ def load_predictor(
   meta['input_shape'] = tuple(meta['input_shape'])
   flax_model = model.get_model_cls(config.model_name)(config, meta).flax_model
   if tta_flip_axes is None:
-    tta_flip_axes = config.get('tta_flip_axes') or ()
+    tta_flip_axes = config.tta_flip_axes
   flip_axes = tuple(tta_flip_axes)
   if tta_shift is None:
-    tta_shift = config.get('tta_shift') or 0
+    tta_shift = config.tta_shift or 0
   expected = meta['input_shape'][1:]
 
   @jax.jit

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vivit_flax import model_utils
+from vivit_flax import default_config, model_utils
 from vivit_flax.config_checks import (
     check_choice,
     check_fraction,
@@ -744,7 +744,12 @@ class ViViT(nn.Module):
     )(x)
 
 
-def _transformer_size(cfg: ml_collections.ConfigDict) -> TransformerSize:
+def _transformer_size(
+    cfg: ml_collections.ConfigDict,
+) -> TransformerSize | None:
+  """The transformer `cfg` sizes; None while one of its sizes is unset."""
+  if None in (cfg.num_heads, cfg.mlp_dim, cfg.num_layers):
+    return None
   return TransformerSize(
       num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim, num_layers=cfg.num_layers
   )
@@ -763,59 +768,55 @@ class ViViTClassificationModel:
   def __init__(
       self, config: ml_collections.ConfigDict, dataset_meta_data: dict
   ):
-    self.config = config
+    self.config = default_config.with_defaults(config)
     self.dataset_meta_data = dataset_meta_data
-    check_fraction('config.label_smoothing', config.get('label_smoothing'))
-    check_non_negative('config.l2_decay_factor', config.get('l2_decay_factor'))
+    check_fraction('config.label_smoothing', self.config.label_smoothing)
+    check_non_negative('config.l2_decay_factor', self.config.l2_decay_factor)
     self.flax_model = self.build_flax_model()
     input_shape = dataset_meta_data.get('input_shape')
     if input_shape is not None:
       self.flax_model.token_grid(tuple(input_shape)[1:4])
 
   def build_flax_model(self) -> ViViT:
-    """The ViViT module for config.model (missing keys: Scenic defaults)."""
+    """The ViViT module for config.model (missing keys: default_config's)."""
     m = self.config.model
-    dtype_str = self.config.get('model_dtype_str', 'float32')
+    dtype_str = self.config.model_dtype_str
     check_choice('config.model_dtype_str', dtype_str, list(MODEL_DTYPES))
-    attention_config = m.get('attention_config') or ml_collections.ConfigDict()
-    attention_type = attention_config.get('type', 'spacetime')
-    encoding = m.get('temporal_encoding_config') or ml_collections.ConfigDict()
-    stem = m.get('stem') or ml_collections.ConfigDict()
-    sizes = {}
+    attention_type = m.attention_config.type
+    encoding, stem = m.temporal_encoding_config, m.stem
     if attention_type == 'factorized_encoder':
-      for key in ('spatial_transformer', 'temporal_transformer'):
-        if m.get(key) is not None:
-          sizes[key] = _transformer_size(m[key])
-    elif all(
-        m.get(k) is not None for k in ('num_heads', 'mlp_dim', 'num_layers')
-    ):
-      sizes['transformer'] = _transformer_size(m)
+      sizes = {
+          key: _transformer_size(m[key])
+          for key in ('spatial_transformer', 'temporal_transformer')
+      }
+    else:
+      sizes = {'transformer': _transformer_size(m)}
     return ViViT(
         num_classes=self.dataset_meta_data['num_classes'],
         hidden_size=m.hidden_size,
         patch_size=tuple(m.patches.size),
         attention_type=attention_type,
-        attention_order=attention_config.get('attention_order', 'time_space'),
-        tokenizer=encoding.get('method', '3d_conv'),
-        n_sampled_frames=encoding.get('n_sampled_frames'),
-        kernel_init_method=encoding.get('kernel_init_method'),
-        drop_remainder=m.patches.get('drop_remainder', False),
-        classifier=m.get('classifier', 'gap'),
-        representation_size=m.get('representation_size'),
-        positional_embedding=m.get('positional_embedding', 'learned_1d'),
-        dropout_rate=m.get('dropout_rate', 0.1),
-        attention_dropout_rate=m.get('attention_dropout_rate', 0.1),
-        stochastic_droplayer_rate=m.get('stochastic_droplayer_rate', 0.0),
-        stem_features=tuple(stem.get('features') or ()),
-        stem_strides=tuple(stem.get('strides') or ()),
-        stem_kernel_size=stem.get('kernel_size', 3),
-        stem_padding=stem.get('padding', 'SAME'),
-        return_prelogits=m.get('return_prelogits', False),
+        attention_order=m.attention_config.attention_order,
+        tokenizer=encoding.method,
+        n_sampled_frames=encoding.n_sampled_frames,
+        kernel_init_method=encoding.kernel_init_method,
+        drop_remainder=m.patches.drop_remainder,
+        classifier=m.classifier,
+        representation_size=m.representation_size,
+        positional_embedding=m.positional_embedding,
+        dropout_rate=m.dropout_rate,
+        attention_dropout_rate=m.attention_dropout_rate,
+        stochastic_droplayer_rate=m.stochastic_droplayer_rate,
+        stem_features=tuple(stem.features),
+        stem_strides=tuple(stem.strides),
+        stem_kernel_size=stem.kernel_size,
+        stem_padding=stem.padding,
+        return_prelogits=m.return_prelogits,
         dtype=MODEL_DTYPES[dtype_str],
-        attention_implementation=m.get('attention_implementation'),
+        attention_implementation=m.attention_implementation,
         cpu_fast_layers=(
             jax.default_backend() == 'cpu'
-            if m.get('cpu_fast_layers') is None
+            if m.cpu_fast_layers is None
             else m.cpu_fast_layers
         ),
         **sizes,
@@ -861,17 +862,17 @@ class ViViTClassificationModel:
     one_hot = model_utils.as_one_hot(batch['label'], logits)
     weights = _weights(batch, logits)
     ce = model_utils.softmax_cross_entropy(
-        logits, one_hot, self.config.get('label_smoothing')
+        logits, one_hot, self.config.label_smoothing
     )
     example_weights = weights
-    if self.config.get('class_weighted_loss', False):
+    if self.config.class_weighted_loss:
       example_weights = weights * (
           one_hot.astype(jnp.float32) @ jnp.asarray(self.class_weights())
       )
     loss = jnp.sum(
         jnp.where(weights > 0, ce, 0.0) * example_weights
     ) / jnp.maximum(jnp.sum(weights), 1e-8)
-    l2_decay_factor = self.config.get('l2_decay_factor')
+    l2_decay_factor = self.config.l2_decay_factor
     if l2_decay_factor:
       if model_params is None:
         raise ValueError(

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax.training import train_state as flax_train_state
 
-from vivit_flax import model
+from vivit_flax import default_config, model
 from vivit_flax.config_checks import (
     check_choice,
     check_fraction,
@@ -68,27 +68,23 @@ def create_learning_rate_fn(
   (to zero at steps_per_cycle), `rsqrt_decay` (1/sqrt(step) after warm-up).
   `steps_per_cycle` defaults to the total number of training steps.
   """
-  lr_configs = config.lr_configs
-  if lr_configs.get('learning_rate_schedule', 'compound') != 'compound':
+  lr_configs = default_config.with_defaults(config).lr_configs
+  if lr_configs.learning_rate_schedule != 'compound':
     raise ValueError(
         f'lr_configs.learning_rate_schedule={lr_configs.learning_rate_schedule!r} is not '
         "supported: use 'compound' and name the factors in lr_configs.factors."
     )
-  factors = [
-      name.strip() for name in lr_configs.get('factors', 'constant').split('*')
-  ]
+  factors = [name.strip() for name in lr_configs.factors.split('*')]
   check_positive(
       'config.lr_configs.base_learning_rate', lr_configs.base_learning_rate
   )
-  check_non_negative(
-      'config.lr_configs.warmup_steps', lr_configs.get('warmup_steps')
-  )
+  check_non_negative('config.lr_configs.warmup_steps', lr_configs.warmup_steps)
   check_positive(
-      'config.lr_configs.steps_per_cycle', lr_configs.get('steps_per_cycle')
+      'config.lr_configs.steps_per_cycle', lr_configs.steps_per_cycle
   )
   base_lr = float(lr_configs.base_learning_rate)
-  warmup_steps = int(lr_configs.get('warmup_steps') or 0)
-  steps_per_cycle = int(lr_configs.get('steps_per_cycle') or total_steps)
+  warmup_steps = int(lr_configs.warmup_steps or 0)
+  steps_per_cycle = int(lr_configs.steps_per_cycle or total_steps)
   known = (
       'constant',
       'linear_warmup',
@@ -130,11 +126,7 @@ def create_learning_rate_fn(
 
 def _adam_moments(opt: ml_collections.ConfigDict) -> dict[str, float]:
   """Adam's moment decays and epsilon from config.optimizer_configs."""
-  return dict(
-      b1=opt.get('beta1', 0.9),
-      b2=opt.get('beta2', 0.999),
-      eps=opt.get('epsilon', 1e-8),
-  )
+  return dict(b1=opt.beta1, b2=opt.beta2, eps=opt.epsilon)
 
 
 def _adam(learning_rate_fn: Callable, opt: ml_collections.ConfigDict):
@@ -144,7 +136,7 @@ def _adam(learning_rate_fn: Callable, opt: ml_collections.ConfigDict):
 def _adamw(learning_rate_fn: Callable, opt: ml_collections.ConfigDict):
   return optax.adamw(
       learning_rate_fn,
-      weight_decay=opt.get('weight_decay', 1e-4),
+      weight_decay=opt.weight_decay,
       **_adam_moments(opt),
   )
 
@@ -152,8 +144,8 @@ def _adamw(learning_rate_fn: Callable, opt: ml_collections.ConfigDict):
 def _momentum(learning_rate_fn: Callable, opt: ml_collections.ConfigDict):
   return optax.sgd(
       learning_rate_fn,
-      momentum=opt.get('momentum', 0.9),
-      nesterov=opt.get('nesterov', False),
+      momentum=opt.momentum,
+      nesterov=opt.nesterov,
   )
 
 
@@ -165,16 +157,16 @@ def create_optimizer(
     config: ml_collections.ConfigDict, learning_rate_fn: Callable
 ) -> optax.GradientTransformation:
   """The optax optimizer named by `config.optimizer`, with global-norm clipping when set."""
-  opt = config.get('optimizer_configs') or ml_collections.ConfigDict()
-  name = config.optimizer
+  config = default_config.with_defaults(config)
+  opt, name = config.optimizer_configs, config.optimizer
   check_choice('config.optimizer', name, OPTIMIZERS)
   for key in ('weight_decay', 'epsilon', 'momentum'):
-    check_non_negative(f'config.optimizer_configs.{key}', opt.get(key))
+    check_non_negative(f'config.optimizer_configs.{key}', opt[key])
   for key in ('beta1', 'beta2'):
-    check_fraction(f'config.optimizer_configs.{key}', opt.get(key))
-  check_positive('config.max_grad_norm', config.get('max_grad_norm'))
+    check_fraction(f'config.optimizer_configs.{key}', opt[key])
+  check_positive('config.max_grad_norm', config.max_grad_norm)
   tx = OPTIMIZERS[name](learning_rate_fn, opt)
-  if config.get('max_grad_norm'):
+  if config.max_grad_norm:
     tx = optax.chain(optax.clip_by_global_norm(float(config.max_grad_norm)), tx)
   return tx
 
@@ -368,13 +360,14 @@ def pmapped_steps(model, config, learning_rate_fn, donate=True):
 
   The train step donates the state's buffers unless `donate=False`.
   """
+  config = default_config.with_defaults(config)
   p_train_step = jax.pmap(
       functools.partial(
           train_step,
           loss_fn=model.loss_function,
           metrics_fn=model.get_metrics_fn('train'),
           learning_rate_fn=learning_rate_fn,
-          ema_decay=config.get('ema_decay'),
+          ema_decay=config.ema_decay,
       ),
       axis_name=AXIS_NAME,
       donate_argnums=(0,) if donate else (),
@@ -383,8 +376,8 @@ def pmapped_steps(model, config, learning_rate_fn, donate=True):
       functools.partial(
           eval_step,
           metrics_fn=model.get_metrics_fn('validation'),
-          tta_flip_axes=tuple(config.get('tta_flip_axes') or ()),
-          tta_shift=config.get('tta_shift') or 0,
+          tta_flip_axes=tuple(config.tta_flip_axes),
+          tta_shift=config.tta_shift or 0,
       ),
       axis_name=AXIS_NAME,
   )

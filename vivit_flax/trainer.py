@@ -19,7 +19,7 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from flax import jax_utils
 
-from vivit_flax import checkpoints, datasets, evaluation, model, pretrained, train_utils
+from vivit_flax import checkpoints, datasets, default_config, evaluation, model, pretrained, train_utils
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -76,7 +76,7 @@ class Trainer:
   """Holds what one training run needs; `run()` executes it and returns the final results."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    self.config = config
+    self.config = config = default_config.with_defaults(config)
     self.workdir = workdir
     self.is_chief = jax.process_index() == 0
     self.dataset = datasets.get_dataset(config)
@@ -88,27 +88,25 @@ class Trainer:
     self.learning_rate_fn = train_utils.create_learning_rate_fn(
         config, self.total_steps
     )
-    self.log_summary_steps = int(config.get('log_summary_steps') or 50)
+    self.log_summary_steps = int(config.log_summary_steps or 50)
     self.log_eval_steps = int(
-        config.get('log_eval_steps') or self.dataset.steps_per_epoch
+        config.log_eval_steps or self.dataset.steps_per_epoch
     )
-    self.checkpoint_steps = int(
-        config.get('checkpoint_steps') or self.log_eval_steps
-    )
+    self.checkpoint_steps = int(config.checkpoint_steps or self.log_eval_steps)
     self.p_train_step, self.p_eval_step = train_utils.pmapped_steps(
         self.model, config, self.learning_rate_fn
     )
     self.writer = metric_writers.create_default_writer(
         workdir,
-        just_logging=not (self.is_chief and config.get('write_summary', True)),
+        just_logging=not (self.is_chief and config.write_summary),
     )
     self.manager = (
         checkpoints.create_manager(workdir, config)
-        if config.get('checkpoint', True)
+        if config.checkpoint
         else None
     )
     # Keras' ModelCheckpoint(save_best_only=True): the state of the best validation score.
-    self.best_metric = config.get('best_checkpoint_metric')
+    self.best_metric = config.best_checkpoint_metric
     if self.best_metric and self.manager is None:
       logging.warning(
           'best_checkpoint_metric=%r is ignored: checkpoint=False.',
@@ -175,7 +173,7 @@ class Trainer:
     """Host `batches` prefetched onto the local devices, sharded along the steps' axis."""
     return jax_utils.prefetch_to_device(
         batches,
-        self.config.dataset_configs.get('prefetch_to_device', 2),
+        self.config.dataset_configs.prefetch_to_device,
         axis_name=train_utils.AXIS_NAME,
     )
 
@@ -243,7 +241,7 @@ class Trainer:
     if not metrics_list:
       return
     bad = _first_nonfinite(metrics_list, first_step)
-    if bad is not None and self.config.get('stop_on_nan', True):
+    if bad is not None and self.config.stop_on_nan:
       bad_step, name, value = bad
       raise NonFiniteLossError(
           f'The training {"loss" if name == "loss" else "gradient norm"} is {value} at step '

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vivit_flax import default_config
 from vivit_flax.config_checks import check_choice
 from vivit_flax.datasets import input_pipeline
 from vivit_flax.datasets import medmnist3d
@@ -44,12 +45,9 @@ def get_dataset(
     config, *, process_index=None, process_count=None, local_device_count=None
 ):
   """Loads config.dataset_name and returns a `Dataset` whose iterators serve this process's batches."""
+  config = default_config.with_defaults(config)
   check_choice('config.dataset_name', config.dataset_name, LOADERS)
-  check_choice(
-      'config.data_dtype_str',
-      config.get('data_dtype_str', DATA_DTYPES[0]),
-      DATA_DTYPES,
-  )
+  check_choice('config.data_dtype_str', config.data_dtype_str, DATA_DTYPES)
   process_index = (
       jax.process_index() if process_index is None else process_index
   )
@@ -62,7 +60,7 @@ def get_dataset(
       else local_device_count
   )
   batch_size = config.batch_size
-  eval_batch_size = config.get('eval_batch_size') or batch_size
+  eval_batch_size = config.eval_batch_size or batch_size
   for b in (batch_size, eval_batch_size):
     input_pipeline.per_device_batch_size(b, process_count, local_device_count)
 
@@ -98,16 +96,16 @@ def get_dataset(
       process_index=process_index,
       process_count=process_count,
       local_device_count=local_device_count,
-      num_workers=config.dataset_configs.get('num_workers'),
+      num_workers=config.dataset_configs.num_workers,
   )
 
   def train_iter(start_step):
     return input_pipeline.train_iterator(
         *splits['train'],
         batch_size=batch_size,
-        seed=config.get('rng_seed', 0),
+        seed=config.rng_seed,
         start_step=start_step,
-        augmentation=config.dataset_configs.get('augmentation'),
+        augmentation=config.dataset_configs.augmentation,
         **common,
     )
 
