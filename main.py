@@ -119,7 +119,7 @@ def main(argv):
     ).strip()
   import jax  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from vivit_flax import config_validation, cpu_host, trainer  # pylint: disable=g-import-not-at-top
+  from vivit_flax import command_line, config_validation, cpu_host, trainer  # pylint: disable=g-import-not-at-top
 
   # TensorFlow only writes TensorBoard summaries (through clu): no GPU, and one thread for
   # each of its op pools, which otherwise compete with the train step for the cores.
@@ -147,14 +147,11 @@ def main(argv):
   )
   if jax.default_backend() == 'cpu':
     cpu_host.keep_freed_memory()
-  try:
+  # Bad input (config, data, checkpoint), a full or failing disk, a lost connection, or a
+  # diverged run: the message says what to change.
+  with command_line.exit_on(ValueError, OSError, FloatingPointError):
     config_validation.validate(FLAGS.config)
     trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (ValueError, OSError, FloatingPointError) as error:
-    # Bad input (config, data, checkpoint), a full or failing disk, a lost connection, or a
-    # diverged run: the message says what to change.
-    logging.debug('Details:', exc_info=True)
-    sys.exit(f'error: {error}')
 
 
 if __name__ == '__main__':

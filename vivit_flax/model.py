@@ -157,6 +157,18 @@ class DropPath(nn.Module):
     return x * keep.astype(x.dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerOptions:
+  """What every layer of an encoder shares: its dropout rates, activation dtype, the
+  attention kernel (`attention_implementation`) and `cpu_fast_layers`."""
+
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  attention_implementation: Optional[str] = None
+  cpu_fast_layers: bool = False
+
+
 class EncoderBlock(nn.Module):
   """Pre-LayerNorm transformer block: self-attention sub-layer(s), then an MLP,
   each branch with dropout, stochastic depth and a residual connection.
@@ -170,12 +182,8 @@ class EncoderBlock(nn.Module):
   mlp_dim: int
   num_heads: int
   attention: Any = 'tokens'
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
   droplayer_p: float = 0.0
-  dtype: Any = jnp.float32
-  attention_implementation: Optional[str] = None
-  cpu_fast_layers: bool = False
+  options: LayerOptions = LayerOptions()
 
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
@@ -185,28 +193,29 @@ class EncoderBlock(nn.Module):
     else:
       sublayers = [(axis, axis) for axis in self.attention]
       mlp_names = ('LayerNorm_mlp', 'MlpBlock')
+    o = self.options
     for mode, suffix in sublayers:
-      y = nn.LayerNorm(dtype=self.dtype, name=f'LayerNorm_{suffix}')(x)
+      y = nn.LayerNorm(dtype=o.dtype, name=f'LayerNorm_{suffix}')(x)
       y = nn.MultiHeadDotProductAttention(
           num_heads=self.num_heads,
-          dtype=self.dtype,
+          dtype=o.dtype,
           kernel_init=nn.initializers.xavier_uniform(),
-          dropout_rate=self.attention_dropout_rate,
+          dropout_rate=o.attention_dropout_rate,
           attention_fn=_attention_fn(
-              mode, self.attention_implementation, self.cpu_fast_layers
+              mode, o.attention_implementation, o.cpu_fast_layers
           ),
           name=f'MultiHeadDotProductAttention_{suffix}',
       )(y, deterministic=deterministic)
-      y = _dropout(self.dropout_rate, self.cpu_fast_layers)(
+      y = _dropout(o.dropout_rate, o.cpu_fast_layers)(
           y, deterministic=deterministic
       )
       x = x + DropPath(self.droplayer_p)(y, deterministic=deterministic)
-    y = nn.LayerNorm(dtype=self.dtype, name=mlp_names[0])(x)
+    y = nn.LayerNorm(dtype=o.dtype, name=mlp_names[0])(x)
     y = MlpBlock(
         self.mlp_dim,
-        self.dropout_rate,
-        self.dtype,
-        self.cpu_fast_layers,
+        o.dropout_rate,
+        o.dtype,
+        o.cpu_fast_layers,
         name=mlp_names[1],
     )(y, deterministic=deterministic)
     return x + DropPath(self.droplayer_p)(y, deterministic=deterministic)
@@ -354,12 +363,8 @@ class Encoder(nn.Module):
   size: TransformerSize
   attention: Any = 'tokens'
   positional_embedding: str = 'learned_1d'
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
   stochastic_droplayer_rate: float = 0.0
-  dtype: Any = jnp.float32
-  attention_implementation: Optional[str] = None
-  cpu_fast_layers: bool = False
+  options: LayerOptions = LayerOptions()
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -370,7 +375,7 @@ class Encoder(nn.Module):
       pe = model_utils.sinusoidal_3d_position_embedding(self.grid, d)
       pe = np.pad(pe, ((n - pe.shape[0], 0), (0, 0)))  # none for a cls token
       x = x + jnp.asarray(pe, x.dtype)
-    x = _dropout(self.dropout_rate, self.cpu_fast_layers)(
+    x = _dropout(self.options.dropout_rate, self.options.cpu_fast_layers)(
         x, deterministic=not train
     )
 
@@ -383,14 +388,10 @@ class Encoder(nn.Module):
           mlp_dim=self.size.mlp_dim,
           num_heads=self.size.num_heads,
           attention=self.attention,
-          dropout_rate=self.dropout_rate,
-          attention_dropout_rate=self.attention_dropout_rate,
           droplayer_p=(
               i / max(num_layers - 1, 1) * self.stochastic_droplayer_rate
           ),
-          dtype=self.dtype,
-          attention_implementation=self.attention_implementation,
-          cpu_fast_layers=self.cpu_fast_layers,
+          options=self.options,
           name=f'encoderblock_{i}',
       )(x, deterministic=not train)
     if on_grid:
@@ -669,12 +670,14 @@ class ViViT(nn.Module):
         size=size,
         attention=attention,
         positional_embedding=self.positional_embedding,
-        dropout_rate=self.dropout_rate,
-        attention_dropout_rate=self.attention_dropout_rate,
         stochastic_droplayer_rate=self.stochastic_droplayer_rate,
-        dtype=self.dtype,
-        attention_implementation=self.attention_implementation,
-        cpu_fast_layers=self.cpu_fast_layers,
+        options=LayerOptions(
+            dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
+            dtype=self.dtype,
+            attention_implementation=self.attention_implementation,
+            cpu_fast_layers=self.cpu_fast_layers,
+        ),
         name=name,
     )(x, train=train)
     if self.classifier == 'token':

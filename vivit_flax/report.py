@@ -24,7 +24,6 @@ import html
 import io
 import math
 import os
-import sys
 from typing import Sequence
 
 import numpy as np
@@ -32,7 +31,7 @@ import tqdm
 from absl import app, flags
 from PIL import Image, ImageDraw, ImageFont
 
-from vivit_flax import checkpoints, datasets, evaluation, inference
+from vivit_flax import checkpoints, command_line, datasets, evaluation, inference
 
 GIF_SIZE = 128  # GIF frames are upscaled (nearest neighbour) to at least this many pixels
 GIF_FRAME_MS = 80
@@ -300,15 +299,8 @@ def write_report(
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  try:
-    paths = write_report(
-        FLAGS.workdir, FLAGS.split, FLAGS.num_samples, FLAGS.out
-    )
-  except (ValueError, FileNotFoundError) as error:
-    sys.exit(f'error: {error}')
+def _write_report_of_flags() -> None:
+  paths = write_report(FLAGS.workdir, FLAGS.split, FLAGS.num_samples, FLAGS.out)
   print(
       f'wrote {paths["html"]}, {paths["grid"]}, {paths["confusion_matrix"]} and '
       f'{len(paths["gifs"])} GIFs'
@@ -327,4 +319,8 @@ if __name__ == '__main__':
   )
   flags.DEFINE_string('out', None, 'Output folder (default <workdir>/report).')
   flags.mark_flags_as_required(['workdir'])
-  app.run(main)
+  app.run(
+      command_line.absl_main(
+          _write_report_of_flags, ValueError, FileNotFoundError
+      )
+  )

@@ -36,7 +36,7 @@ import tqdm
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vivit_flax import config_overrides, config_validation, trainer
+from vivit_flax import command_line, config_overrides, config_validation, trainer
 
 MAIN = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'main.py'
@@ -345,19 +345,14 @@ def run_sweep(
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  try:
-    rows = run_sweep(
-        config_flags.get_config_filename(FLAGS['config']),
-        FLAGS.workdir,
-        overrides=config_flags.get_override_values(FLAGS['config']),
-        parallel=FLAGS.parallel,
-        metrics=FLAGS.metrics,
-    )
-  except (ValueError, FileNotFoundError) as error:
-    sys.exit(f'error: {error}')
+def _run_sweep_of_flags() -> None:
+  rows = run_sweep(
+      config_flags.get_config_filename(FLAGS['config']),
+      FLAGS.workdir,
+      overrides=config_flags.get_override_values(FLAGS['config']),
+      parallel=FLAGS.parallel,
+      metrics=FLAGS.metrics,
+  )
   with open(os.path.join(FLAGS.workdir, 'results.md')) as f:
     print(f.read())
   failed = [row['name'] for row in rows if row['status'].startswith('failed')]
@@ -391,4 +386,6 @@ if __name__ == '__main__':
       'Dotted paths into results.json to ' 'tabulate.',
   )
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(
+      command_line.absl_main(_run_sweep_of_flags, ValueError, FileNotFoundError)
+  )

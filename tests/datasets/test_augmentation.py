@@ -1,24 +1,17 @@
 """Volume augmentation: label-preserving transforms, mixing, and draws that depend only on the step."""
 
-import ml_collections
 import numpy as np
 import pytest
 
+from vivit_flax import default_config
 from vivit_flax.datasets import augmentation, input_pipeline
 
 
 def _options(**kw):
-  return ml_collections.ConfigDict(
-      dict(
-          flip_axes=(),
-          rotate_planes=(),
-          max_shift=0,
-          intensity=0.0,
-          mixup_alpha=0.0,
-          cutmix_alpha=0.0,
-      )
-      | kw
-  )
+  """config.dataset_configs.augmentation: the defaults, with `kw` set."""
+  options = default_config.get_config().dataset_configs.augmentation
+  options.update(kw)
+  return options
 
 
 def _volumes(n=8, size=6, binary=True, seed=0):
