@@ -11,7 +11,7 @@ import ast
 from ml_collections.config_dict import placeholder
 
 from benchmarks import vivit_b
-from vivit_flax import config_overrides, config_validation
+from vivit_flax import config_overrides, datasets
 from vivit_flax.datasets import medmnist3d, synthetic
 
 
@@ -45,7 +45,7 @@ def input_spec(config):
   """(T, H, W, C) clips and class count the config trains on, without loading its data."""
   if config.get('experiment_name', '').startswith(vivit_b.EXPERIMENT_PREFIX):
     return vivit_b.INPUT, vivit_b.KINETICS_CLASSES
-  shape = config_validation.input_shape(config)
+  shape = datasets.input_shape(config)
   if shape is None:
     raise ValueError(
         f'Give --input_shape and --num_classes for dataset {config.dataset_name!r}.'

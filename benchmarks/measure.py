@@ -45,13 +45,13 @@ def measure(
       bench.model.flax_model, input_shape, num_classes
   )
   result = {
-      'experiment': config.get('experiment_name'),
+      'experiment': bench.model.config.experiment_name,
       'input_shape': list(input_shape),
       'num_classes': num_classes,
       'batch_size': batch_size,
       'eval_batch_size': eval_batch_size,
       'devices': bench.devices,
-      'model_dtype': config.get('model_dtype_str', 'float32'),
+      'model_dtype': bench.model.config.model_dtype_str,
       'attention_type': bench.model.flax_model.attention_type,
       'attention_implementation': bench.model.flax_model.attention_implementation,
       'donate': donate,

@@ -6,7 +6,7 @@ import jax
 from flax import jax_utils
 
 from benchmarks import timing
-from vivit_flax import datasets, train_utils
+from vivit_flax import datasets, default_config, train_utils
 
 
 def throughput(config, batches=50, windows=5):
@@ -18,7 +18,9 @@ def throughput(config, batches=50, windows=5):
     if name == 'prefetch_to_device':
       iterator = jax_utils.prefetch_to_device(
           iterator,
-          config.dataset_configs.get('prefetch_to_device', 2),
+          default_config.with_defaults(
+              config
+          ).dataset_configs.prefetch_to_device,
           axis_name=train_utils.AXIS_NAME,
       )
     next(iterator)

@@ -141,7 +141,7 @@ def test_unused_scenic_keys_are_named_in_one_warning(caplog):
 
 
 def test_unused_scenic_keys_are_accepted_keys():
-  for path in config_validation.UNUSED_SCENIC_KEYS:
+  for path in default_config.UNUSED_SCENIC_KEYS:
     node = default_config.get_config()
     for part in path.split('.'):
       node = node[part]

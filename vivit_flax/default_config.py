@@ -28,25 +28,34 @@ def _transformer() -> dict[str, Any]:
   )
 
 
-# Scenic's video-dataset keys: accepted, read by nothing here.
-_SCENIC_DATASET_KEYS = (
-    'base_dir',
-    'tables',
-    'examples_per_subset',
-    'num_classes',
-    'num_frames',
-    'stride',
-    'min_resize',
-    'crop_size',
-    'one_hot_labels',
-    'zero_centering',
-    'do_multicrop_test',
-    'log_test_epochs',
-    'num_test_clips',
-    'test_batch_size',
-    'do_three_spatial_crops',
-    'augmentation_params',
-)
+# Scenic keys accepted so that Scenic's configs load, read by nothing here, each with the value
+# that asks for what this project does anyway (None: any value asks for something it does not do).
+UNUSED_SCENIC_KEYS: dict[str, Any] = {
+    **{
+        f'dataset_configs.{key}': None
+        for key in (
+            'base_dir',
+            'tables',
+            'examples_per_subset',
+            'num_classes',
+            'num_frames',
+            'stride',
+            'min_resize',
+            'crop_size',
+            'one_hot_labels',
+            'zero_centering',
+            'log_test_epochs',
+            'num_test_clips',
+            'test_batch_size',
+            'augmentation_params',
+        )
+    },
+    'dataset_configs.do_multicrop_test': False,
+    'dataset_configs.do_three_spatial_crops': False,
+    'multicrop_clips_per_device': None,
+    'debug_train': False,
+    'debug_eval': False,
+}
 
 # Keys without a default: validation fails while one is unset.
 REQUIRED = (
@@ -89,7 +98,11 @@ def get_config() -> ml_collections.ConfigDict:
                   mixup_alpha=0.0,
                   cutmix_alpha=0.0,
               ),
-              **{key: None for key in _SCENIC_DATASET_KEYS},
+              **{
+                  path.split('.')[1]: inert
+                  for path, inert in UNUSED_SCENIC_KEYS.items()
+                  if path.startswith('dataset_configs.')
+              },
           ),
           data_dtype_str='float32',
           model_name=_unset(str),
@@ -165,9 +178,11 @@ def get_config() -> ml_collections.ConfigDict:
           tta_flip_axes=(),
           tta_shift=_unset(int),  # None or 0: no shift views.
           init_from=None,  # Scenic's: a ViT checkpoint to start from.
-          multicrop_clips_per_device=None,
-          debug_train=False,
-          debug_eval=False,
+          **{
+              path: inert
+              for path, inert in UNUSED_SCENIC_KEYS.items()
+              if '.' not in path
+          },
       )
   )
 

@@ -58,6 +58,7 @@ def load_predictor(
   flip_axes = tuple(tta_flip_axes)
   if tta_shift is None:
     tta_shift = config.tta_shift or 0
+  train_utils.check_evaluation_options(flip_axes, tta_shift)
   expected = meta['input_shape'][1:]
 
   @jax.jit

@@ -776,6 +776,14 @@ class ViViTClassificationModel:
     check_fraction('config.label_smoothing', self.config.label_smoothing)
     check_non_negative('config.l2_decay_factor', self.config.l2_decay_factor)
     self.flax_model = self.build_flax_model()
+    if (
+        self.flax_model.attention_implementation == 'cudnn'
+        and jax.devices()[0].platform != 'gpu'
+    ):
+      raise ValueError(
+          "config.model.attention_implementation='cudnn' needs NVIDIA GPUs; this "
+          f"run has {jax.devices()[0].platform} devices. Use None or 'xla'."
+      )
     input_shape = dataset_meta_data.get('input_shape')
     if input_shape is not None:
       self.flax_model.token_grid(tuple(input_shape)[1:4])
@@ -785,6 +793,13 @@ class ViViTClassificationModel:
     m = self.config.model
     dtype_str = self.config.model_dtype_str
     check_choice('config.model_dtype_str', dtype_str, list(MODEL_DTYPES))
+    size = m.patches.size
+    if not size or any(
+        isinstance(s, bool) or not isinstance(s, int) for s in size
+    ):
+      raise ValueError(
+          f'config.model.patches.size={tuple(size or ())!r} must be ints (h, w, t).'
+      )
     attention_type = m.attention_config.type
     encoding, stem = m.temporal_encoding_config, m.stem
     if attention_type == 'factorized_encoder':

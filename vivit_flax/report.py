@@ -285,7 +285,7 @@ def write_report(
   with open(paths['html'], 'w', encoding='utf-8') as f:
     f.write(
         html_page(
-            f'ViViT predictions ({config.get("experiment_name", "")})',
+            f'ViViT predictions ({config.experiment_name})',
             summary,
             gifs,
             captions,

@@ -53,9 +53,41 @@ def total_train_steps(
     config: ml_collections.ConfigDict, steps_per_epoch: int
 ) -> int:
   """`config.num_training_steps` when set, else epochs times steps per epoch."""
-  if config.get('num_training_steps'):
+  config = default_config.with_defaults(config)
+  check_positive('config.num_training_steps', config.num_training_steps)
+  check_positive('config.num_training_epochs', config.num_training_epochs)
+  if config.num_training_steps:
     return int(config.num_training_steps)
+  if not config.num_training_epochs:
+    raise ValueError(
+        'Set config.num_training_steps or config.num_training_epochs.'
+    )
   return int(config.num_training_epochs) * steps_per_epoch
+
+
+def check_evaluation_options(flip_axes: Sequence[int], shift: int) -> None:
+  """The test-time views (config.tta_flip_axes, config.tta_shift) must exist."""
+  axes = tuple(flip_axes)
+  if any(a not in (0, 1, 2) or isinstance(a, bool) for a in axes) or len(
+      set(axes)
+  ) < len(axes):
+    raise ValueError(
+        f'config.tta_flip_axes={axes!r} must be distinct volume axes among 0 '
+        '(depth), 1 (height) and 2 (width).'
+    )
+  check_non_negative('config.tta_shift', shift)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError, saying what to change, for training settings of `config` that
+  cannot work: the length of the run, the schedule, the optimizer, the parameter average
+  and the test-time views."""
+  config = default_config.with_defaults(config)
+  create_optimizer(
+      config, create_learning_rate_fn(config, total_train_steps(config, 1))
+  )
+  check_fraction('config.ema_decay', config.ema_decay)
+  check_evaluation_options(config.tta_flip_axes, config.tta_shift)
 
 
 def create_learning_rate_fn(

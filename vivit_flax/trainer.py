@@ -20,6 +20,19 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from flax import jax_utils
 
 from vivit_flax import checkpoints, datasets, default_config, evaluation, model, pretrained, train_utils
+from vivit_flax.config_checks import check_choice, check_positive
+
+# Scenic's name for the trainer of its ViViT project, the one this module implements.
+TRAINER_NAMES = ('vivit_trainer',)
+# Validation scores a best checkpoint can be chosen by (always maximised).
+BEST_CHECKPOINT_METRICS = (
+    'accuracy',
+    'balanced_accuracy',
+    'auc',
+    'top_5_accuracy',
+)
+# jax.random.PRNGKey keeps 32 bits of the seed: larger seeds repeat smaller ones.
+MAX_SEED = 2**32 - 1
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -72,11 +85,38 @@ def _first_nonfinite(
   return None
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError, saying what to change, for settings of the training loop in `config`
+  that cannot work: its name, seed, logging and checkpoint intervals, and best-checkpoint metric.
+  """
+  config = default_config.with_defaults(config)
+  check_choice('config.trainer_name', config.trainer_name, TRAINER_NAMES)
+  if not 0 <= config.rng_seed <= MAX_SEED:
+    raise ValueError(
+        f'config.rng_seed={config.rng_seed} must be in [0, {MAX_SEED}].'
+    )
+  for key in (
+      'log_summary_steps',
+      'log_eval_steps',
+      'checkpoint_steps',
+      'max_checkpoints_to_keep',
+  ):
+    check_positive(f'config.{key}', config[key])
+  if config.best_checkpoint_metric is not None:
+    check_choice(
+        'config.best_checkpoint_metric',
+        config.best_checkpoint_metric,
+        BEST_CHECKPOINT_METRICS,
+    )
+
+
 class Trainer:
   """Holds what one training run needs; `run()` executes it and returns the final results."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config = config = default_config.with_defaults(config)
+    check_config(config)
+    train_utils.check_config(config)
     self.workdir = workdir
     self.is_chief = jax.process_index() == 0
     self.dataset = datasets.get_dataset(config)

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vivit_flax import datasets
+from vivit_flax import datasets, default_config
 from vivit_flax.datasets import medmnist3d
 
 URL = 'https://example.invalid/organmnist3d.npz'
@@ -208,7 +208,8 @@ def test_real_adrenalmnist3d_from_the_shared_folder(monkeypatch, tmp_path):
   monkeypatch.setenv(
       'MEDMNIST_ROOT', str(tmp_path)
   )  # Empty: the shared folder is searched next.
-  config = ml_collections.ConfigDict(dict(name='adrenalmnist3d', size=28))
+  config = default_config.get_config().dataset_configs
+  config.update(name='adrenalmnist3d', size=28)
   splits, meta = medmnist3d.load(config)
   assert meta['data_file'] == os.path.join(
       medmnist3d.SHARED_DATA_DIR, 'adrenalmnist3d.npz'

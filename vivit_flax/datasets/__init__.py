@@ -9,6 +9,7 @@ config.dataset_configs.num_workers sets the host threads building batches (defau
 most 8); the batches do not depend on it.
 """
 
+import os
 from typing import Callable, Iterator, NamedTuple
 
 import jax
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vivit_flax import default_config
-from vivit_flax.config_checks import check_choice
+from vivit_flax.config_checks import check_choice, check_positive
 from vivit_flax.datasets import input_pipeline
 from vivit_flax.datasets import medmnist3d
 from vivit_flax.datasets import npz_video
@@ -41,13 +42,61 @@ class Dataset(NamedTuple):
   arrays: Callable[[str], tuple[np.ndarray, np.ndarray]]
 
 
+def check_config(config, num_devices: int) -> None:
+  """Raises ValueError, saying what to change, for dataset settings of `config` that cannot
+  work: an unknown dataset or dtype, a batch size that does not split over the `num_devices`
+  devices of the run, or a data file that is missing and will be neither downloaded nor
+  generated. Reads no data."""
+  config = default_config.with_defaults(config)
+  check_choice('config.dataset_name', config.dataset_name, LOADERS)
+  check_choice('config.data_dtype_str', config.data_dtype_str, DATA_DTYPES)
+  dataset_configs = config.dataset_configs
+  for key in ('num_workers', 'prefetch_to_device'):
+    check_positive(f'config.dataset_configs.{key}', dataset_configs[key])
+  for key in ('batch_size', 'eval_batch_size'):
+    value = config[key]
+    check_positive(f'config.{key}', value)
+    if value is not None and value % num_devices:
+      lower = max(num_devices, value // num_devices * num_devices)
+      raise ValueError(
+          f'config.{key}={value} is not divisible by the {num_devices} devices of this run; '
+          f'use a multiple of {num_devices} such as {lower} or {lower + num_devices}. A '
+          'global batch is split over the devices of all processes: it must be a multiple '
+          'of process_count * local_device_count.'
+      )
+  if config.dataset_name == 'medmnist3d':
+    file_name, _, _ = medmnist3d.file_info(
+        dataset_configs.name, dataset_configs.size
+    )
+    path = medmnist3d.data_path(dataset_configs, file_name)
+    if not os.path.exists(path) and not dataset_configs.download:
+      medmnist3d.load(
+          dataset_configs
+      )  # Raises its FileNotFoundError: the path and the fix.
+  elif config.dataset_name == 'npz_video':
+    if not os.path.exists(os.path.expanduser(dataset_configs.path or '')):
+      npz_video.load(dataset_configs)  # Raises: no path set, or no file there.
+
+
+def input_shape(config) -> tuple[int, ...] | None:
+  """(-1, T, H, W, C) of the dataset's examples when the config alone fixes it, else None."""
+  config = default_config.with_defaults(config)
+  if config.dataset_name == 'medmnist3d':
+    size = config.dataset_configs.size
+    return (-1, size, size, size, 1)
+  if config.dataset_name == 'synthetic3d':
+    # Imported here so that `python -m vivit_flax.datasets.synthetic` runs it fresh.
+    from vivit_flax.datasets import synthetic  # pylint: disable=g-import-not-at-top
+
+    return (-1, synthetic.SIZE, synthetic.SIZE, synthetic.SIZE, 1)
+  return None
+
+
 def get_dataset(
     config, *, process_index=None, process_count=None, local_device_count=None
 ):
   """Loads config.dataset_name and returns a `Dataset` whose iterators serve this process's batches."""
   config = default_config.with_defaults(config)
-  check_choice('config.dataset_name', config.dataset_name, LOADERS)
-  check_choice('config.data_dtype_str', config.data_dtype_str, DATA_DTYPES)
   process_index = (
       jax.process_index() if process_index is None else process_index
   )
@@ -59,10 +108,9 @@ def get_dataset(
       if local_device_count is None
       else local_device_count
   )
+  check_config(config, process_count * local_device_count)
   batch_size = config.batch_size
   eval_batch_size = config.eval_batch_size or batch_size
-  for b in (batch_size, eval_batch_size):
-    input_pipeline.per_device_batch_size(b, process_count, local_device_count)
 
   splits, meta = LOADERS[config.dataset_name](config.dataset_configs)
   for split, (_, labels) in splits.items():

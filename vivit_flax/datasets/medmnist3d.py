@@ -72,9 +72,9 @@ def data_path(dataset_configs, file_name):
   $MEDMNIST_ROOT, ~/.medmnist and SHARED_DATA_DIR that holds it (the first of them when none
   does: where a download goes, and what a missing-file error names)."""
   primary = os.path.join(
-      npz_video.resolve_data_dir(dataset_configs.get('data_dir')), file_name
+      npz_video.resolve_data_dir(dataset_configs.data_dir), file_name
   )
-  if dataset_configs.get('data_dir') or os.path.exists(primary):
+  if dataset_configs.data_dir or os.path.exists(primary):
     return primary
   shared = os.path.join(SHARED_DATA_DIR, file_name)
   if os.path.exists(shared):
@@ -121,12 +121,13 @@ def download(url, path, md5):
 
 
 def load(dataset_configs):
-  """Loads MedMNIST 3D set dataset_configs.name at dataset_configs.size (default 28)."""
-  name, size = dataset_configs.get('name'), dataset_configs.get('size', 28)
+  """Loads MedMNIST 3D set dataset_configs.name at dataset_configs.size (config.dataset_configs,
+  with default_config's defaults)."""
+  name, size = dataset_configs.name, dataset_configs.size
   file_name, url, md5 = file_info(name, size)
   path = data_path(dataset_configs, file_name)
   if not os.path.exists(path):
-    if not dataset_configs.get('download', False):
+    if not dataset_configs.download:
       raise FileNotFoundError(
           f'{path} does not exist. Download {url} and save it as {path}, or pass '
           '--config.dataset_configs.download=True to fetch it automatically. The folder is '

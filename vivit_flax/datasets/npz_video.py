@@ -166,7 +166,7 @@ def _num_classes(path, splits, label_names):
 
 def load(dataset_configs):
   """Loads the user `.npz` at `dataset_configs.path` (sidecar MD5 checked when present)."""
-  path = dataset_configs.get('path')
+  path = dataset_configs.path
   if not path:
     raise ValueError(
         'dataset_name=npz_video needs --config.dataset_configs.path=/path/to/file.npz.'
@@ -198,19 +198,18 @@ def load(dataset_configs):
 def load_synthetic3d(dataset_configs):
   """Loads synthetic3d (`path`, default `<data_dir>/synthetic3d.npz`), generating it first when absent.
 
-  Generation uses dataset_configs.seed (default 0) and num_train / num_val / num_test (default
+  Generation uses dataset_configs.seed and num_train / num_val / num_test (default
   OrganMNIST3D's sizes). An existing file is read as it is, but split sizes that the config sets must match.
   """
   # Imported here so that `python -m vivit_flax.datasets.synthetic` does not find it already imported.
   from vivit_flax.datasets import synthetic  # pylint: disable=g-import-not-at-top
 
-  path = dataset_configs.get('path') or os.path.join(
-      resolve_data_dir(dataset_configs.get('data_dir')), synthetic.FILE_NAME
+  path = dataset_configs.path or os.path.join(
+      resolve_data_dir(dataset_configs.data_dir), synthetic.FILE_NAME
   )
   path = os.path.expanduser(path)
   asked = {
-      split: dataset_configs.get(f'num_{split}')
-      for split in synthetic.SPLIT_SIZES
+      split: dataset_configs[f'num_{split}'] for split in synthetic.SPLIT_SIZES
   }
   asked = {split: n for split, n in asked.items() if n is not None}
   if not os.path.exists(path):
@@ -219,7 +218,7 @@ def load_synthetic3d(dataset_configs):
         f'num_{split}': asked.get(split, n)
         for split, n in synthetic.SPLIT_SIZES.items()
     }
-    synthetic.write(path, dataset_configs.get('seed') or 0, **sizes)
+    synthetic.write(path, dataset_configs.seed, **sizes)
   expected = sidecar_md5(path)
   if expected is None:
     raise FileNotFoundError(
