@@ -24,21 +24,21 @@ class ConfigError(ValueError):
   """The config asks for something this project cannot do; the message says what to change."""
 
 
+def _value_at(config: ml_collections.ConfigDict, path: str):
+  """The value of dotted key `path` in `config`, which has default_config's keys."""
+  for part in path.split('.'):
+    config = config[part]
+  return config
+
+
 def unused_keys(config: ml_collections.ConfigDict) -> list[str]:
-  """The keys of `default_config.UNUSED_SCENIC_KEYS` that `config` sets to a value that would
-  ask for something."""
-  found = []
-  for path, inert in default_config.UNUSED_SCENIC_KEYS.items():
-    node = config
-    for part in path.split('.'):
-      node = (
-          node.get(part)
-          if isinstance(node, ml_collections.ConfigDict)
-          else None
-      )
-    if node not in (None, inert):
-      found.append(path)
-  return found
+  """The keys of `default_config.UNUSED_SCENIC_KEYS` that `config` (with default_config's keys)
+  sets to a value that would ask for something."""
+  return [
+      path
+      for path, inert in default_config.UNUSED_SCENIC_KEYS.items()
+      if _value_at(config, path) not in (None, inert)
+  ]
 
 
 @contextlib.contextmanager
@@ -56,10 +56,7 @@ def _as_config_error(where: str = ''):
 def _check_required(config: ml_collections.ConfigDict) -> None:
   """Every `default_config.REQUIRED` key is set (`config` has the defaults laid under it)."""
   for path in default_config.REQUIRED:
-    node = config
-    for part in path.split('.'):
-      node = node[part]
-    if node is None:
+    if _value_at(config, path) is None:
       raise ConfigError(f'config.{path} is missing; set it in the config file.')
 
 
@@ -99,15 +96,18 @@ def validate(
 
   Logs one warning naming the Scenic keys it sets that this project does not use.
   """
+  process_count, local_device_count = (
+      (jax.process_count(), jax.local_device_count())
+      if num_devices is None
+      else (1, num_devices)
+  )
   with _as_config_error():
     complete = default_config.with_defaults(config)
     _check_required(complete)
-    datasets.check_config(
-        complete, jax.device_count() if num_devices is None else num_devices
-    )
+    datasets.check_config(complete, process_count, local_device_count)
     trainer.check_config(complete)
     train_utils.check_config(complete)
-  unused = unused_keys(config)
+  unused = unused_keys(complete)
   if unused:
     logging.warning(
         'These Scenic config keys have no effect in this project and are '

@@ -42,11 +42,11 @@ class Dataset(NamedTuple):
   arrays: Callable[[str], tuple[np.ndarray, np.ndarray]]
 
 
-def check_config(config, num_devices: int) -> None:
+def check_config(config, process_count: int, local_device_count: int) -> None:
   """Raises ValueError, saying what to change, for dataset settings of `config` that cannot
-  work: an unknown dataset or dtype, a batch size that does not split over the `num_devices`
-  devices of the run, or a data file that is missing and will be neither downloaded nor
-  generated. Reads no data."""
+  work: an unknown dataset or dtype, a batch size that does not split over the devices of the
+  run, or a data file that is missing and will be neither downloaded nor generated. Reads no
+  data."""
   config = default_config.with_defaults(config)
   check_choice('config.dataset_name', config.dataset_name, LOADERS)
   check_choice('config.data_dtype_str', config.data_dtype_str, DATA_DTYPES)
@@ -54,15 +54,9 @@ def check_config(config, num_devices: int) -> None:
   for key in ('num_workers', 'prefetch_to_device'):
     check_positive(f'config.dataset_configs.{key}', dataset_configs[key])
   for key in ('batch_size', 'eval_batch_size'):
-    value = config[key]
-    check_positive(f'config.{key}', value)
-    if value is not None and value % num_devices:
-      lower = max(num_devices, value // num_devices * num_devices)
-      raise ValueError(
-          f'config.{key}={value} is not divisible by the {num_devices} devices of this run; '
-          f'use a multiple of {num_devices} such as {lower} or {lower + num_devices}. A '
-          'global batch is split over the devices of all processes: it must be a multiple '
-          'of process_count * local_device_count.'
+    if config[key] is not None:
+      input_pipeline.per_device_batch_size(
+          config[key], process_count, local_device_count, key
       )
   if config.dataset_name == 'medmnist3d':
     file_name, _, _ = medmnist3d.file_info(
@@ -108,7 +102,7 @@ def get_dataset(
       if local_device_count is None
       else local_device_count
   )
-  check_config(config, process_count * local_device_count)
+  check_config(config, process_count, local_device_count)
   batch_size = config.batch_size
   eval_batch_size = config.eval_batch_size or batch_size
 

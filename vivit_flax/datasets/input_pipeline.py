@@ -25,16 +25,25 @@ import os
 
 import numpy as np
 
+from vivit_flax.config_checks import check_positive
 from vivit_flax.datasets import augmentation as augmentation_lib
 
 
-def per_device_batch_size(batch_size, process_count, local_device_count):
-  """The per-device batch size; raises ValueError unless the global batch splits evenly over all devices."""
+def per_device_batch_size(
+    batch_size, process_count, local_device_count, key='batch_size'
+):
+  """The per-device batch size; raises ValueError, naming config.`key`, unless the global
+  batch is positive and splits evenly over all devices."""
   devices = process_count * local_device_count
-  if batch_size <= 0 or batch_size % devices:
+  check_positive(f'config.{key}', batch_size)
+  if batch_size % devices:
+    lower = max(devices, batch_size // devices * devices)
     raise ValueError(
-        f'Global batch size {batch_size} must be a positive multiple of process_count * '
-        f'local_device_count = {process_count} * {local_device_count} = {devices}.'
+        f'config.{key}={batch_size} is not divisible by the {devices} devices of this run; '
+        f'use a multiple of {devices} such as {lower} or {lower + devices}. A global batch '
+        'is split over the devices of all processes: it must be a multiple of '
+        f'process_count * local_device_count = {process_count} * {local_device_count} = '
+        f'{devices}.'
     )
   return batch_size // devices
 
@@ -174,7 +183,9 @@ def eval_iterator(
 ):
   """Finite evaluation batches of this process; over all processes every example appears exactly once."""
   _check_process(process_index, process_count)
-  per_device_batch_size(batch_size, process_count, local_device_count)
+  per_device_batch_size(
+      batch_size, process_count, local_device_count, 'eval_batch_size'
+  )
   n = len(labels)
   per_process = batch_size // process_count
   eye = np.eye(num_classes, dtype=np.float32)
