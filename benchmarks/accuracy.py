@@ -1,13 +1,20 @@
 r"""Accuracy of a recipe over several seeds: each seed trained by its own `python main.py` process
 (timed from launch to exit, compilation included), then the mean and standard deviation of the
-test and validation scores of the final and of the best-on-validation checkpoints.
+test and validation scores of the final and of the best-on-validation checkpoints, beside the
+trivial baselines' scores on the same data (benchmarks/baselines.py).
 
   python -m benchmarks.accuracy --config=configs/medmnist3d/vivit_recipe.py:adrenalmnist3d \
-      --workdir=/tmp/acc_adrenal --seeds=0,1,2 [--set=model.num_layers=6 ...] [--jobs=2]
+      --workdir=/tmp/acc_adrenal --seeds=0,1,2 [--set=model.num_layers=6 ...] [--jobs=2] [--folds=5]
 
 Each seed trains in `<workdir>/seed_<s>`; a seed whose folder holds results.json is read, not
 retrained. `--jobs=N` trains N seeds at once, each pinned to its own 1/N of the CPU cores (with
 `--cpu_devices` cores/N): faster for ablations, but its wall times are not those of a lone run.
+`--folds=k` cross-validates, for choosing recipe-level levers: each (seed, fold) trains in
+`<workdir>/seed_<s>/fold_<f>` with config.dataset_configs.num_folds=k and fold=f (train +
+validation pooled into k stratified folds, fold f validating; datasets/folds.py), the baselines
+are fitted on each fold, and only the validation fold's scores are read and summarised, over
+folds and seeds (--splits is then ignored; the test scores stay unread in results.json). The
+config must declare both keys (placeholder(int)), as configs/medmnist3d/vivit_recipe.py does.
 The summary goes to stdout and to `<workdir>/summary.json`.
 """
 
@@ -23,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 from absl import app, flags
 
+from benchmarks import baselines, config_specs
 from vivit_flax import sweep
 
 FLAGS = flags.FLAGS
@@ -45,6 +53,13 @@ flags.DEFINE_list(
     'Splits summarised; --splits=validation for ablations, whose choices are'
     ' made on validation alone (the test scores stay unread in results.json).',
 )
+flags.DEFINE_integer(
+    'folds',
+    None,
+    'k: k-fold cross-validation on train + validation, each (seed, fold) in'
+    ' <workdir>/seed_<s>/fold_<f>; validation scores only.',
+    lower_bound=2,
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 # (results.json entry, metric) pairs summarised, in table order.
@@ -54,18 +69,37 @@ METRICS = (
     ('test', 'auc'),
     ('validation', 'auc'),
 )
+# With --folds: the held-out fold's scores; the test split is never read.
+FOLD_METRICS = (
+    ('validation', 'accuracy'),
+    ('validation', 'balanced_accuracy'),
+    ('validation', 'auc'),
+)
+
+
+def fold_overrides(fold: int | None) -> list[str]:
+  """The `key=value` overrides that select cross-validation fold `fold` of --folds (None: none)."""
+  if fold is None:
+    return []
+  return [
+      f'dataset_configs.num_folds={FLAGS.folds}',
+      f'dataset_configs.fold={fold}',
+  ]
 
 
 def train_seed(
-    seed: int, workdir: str, cores: list[int] | None
+    seed: int, fold: int | None, workdir: str, cores: list[int] | None
 ) -> dict[str, Any]:
-  """Trains one seed with main.py (unless already done) and returns its results and wall time."""
+  """Trains one seed (on cross-validation fold `fold`, unless None) with main.py, unless already
+  done, and returns its results and wall time."""
   results_path = os.path.join(workdir, 'results.json')
   timing_path = os.path.join(workdir, 'wall_seconds.json')
   if not os.path.exists(results_path):
     os.makedirs(workdir, exist_ok=True)
     command = sweep.main_command(FLAGS.config, workdir, {})
-    command += [f'--config.{override}' for override in FLAGS.set]
+    command += [
+        f'--config.{override}' for override in FLAGS.set + fold_overrides(fold)
+    ]
     command += [f'--config.rng_seed={seed}']
     if cores is not None:
       command = (
@@ -84,7 +118,8 @@ def train_seed(
       ).returncode
     if returncode or not os.path.exists(results_path):
       raise RuntimeError(
-          f'Seed {seed} failed (exit {returncode}); see {workdir}/log.txt.'
+          f'Seed {seed}{"" if fold is None else f", fold {fold},"} failed '
+          f'(exit {returncode}); see {workdir}/log.txt.'
       )
     with open(timing_path, 'w') as f:
       json.dump({'wall_seconds': time.time() - start, 'jobs': FLAGS.jobs}, f)
@@ -94,18 +129,63 @@ def train_seed(
   if os.path.exists(timing_path):
     with open(timing_path) as f:
       timing = json.load(f)
-  return {'seed': seed, 'results': results, **timing}
+  run = {'seed': seed, 'results': results, **timing}
+  if fold is not None:
+    run['fold'] = fold
+  return run
+
+
+def run_baselines(
+    folds: Sequence[int | None],
+    splits: Sequence[str],
+    metrics: Sequence[tuple[str, str]],
+) -> dict[str, Any]:
+  """The baselines fitted on the data of each of `folds` (None: the dataset's own splits):
+  per baseline, 'scores' (mean and sample std over folds of `metrics` on `splits`) and 'seconds'
+  (of each fit)."""
+  per_fold = [
+      baselines.evaluate(
+          config_specs.load_config(FLAGS.config, FLAGS.set + fold_overrides(f)),
+          splits,
+      )
+      for f in folds
+  ]
+  names = [f'{split}.{metric}' for split, metric in metrics if split in splits]
+  return {
+      name: {
+          'scores': _mean_std(
+              [{k: scores[name][k] for k in names} for scores in per_fold]
+          ),
+          'seconds': [scores[name]['seconds'] for scores in per_fold],
+      }
+      for name in per_fold[0]
+  }
 
 
 def _scores(
-    results: dict[str, Any], which: str, splits: Sequence[str]
+    results: dict[str, Any],
+    which: str,
+    splits: Sequence[str],
+    metrics: Sequence[tuple[str, str]],
 ) -> dict[str, float]:
-  """The METRICS on `splits` of the final ('final') or best-on-validation ('best') checkpoint."""
+  """The `metrics` on `splits` of the final ('final') or best-on-validation ('best') checkpoint."""
   source = (results.get('best') or results) if which == 'best' else results
   return {
       f'{split}.{metric}': float(source[split][metric])
-      for split, metric in METRICS
+      for split, metric in metrics
       if split in splits and metric in source.get(split, {})
+  }
+
+
+def _mean_std(scores: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+  """For each name of `scores[0]`, the mean and sample standard deviation over `scores`."""
+  values = {name: np.array([s[name] for s in scores]) for name in scores[0]}
+  return {
+      name: {
+          'mean': float(v.mean()),
+          'std': float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+      }
+      for name, v in values.items()
   }
 
 
@@ -115,31 +195,23 @@ def summarize(
     overrides: list[str],
     jobs: int,
     splits: Sequence[str] = ('test', 'validation'),
+    metrics: Sequence[tuple[str, str]] = METRICS,
 ) -> dict[str, Any]:
-  """Per-seed scores on `splits` and, for each metric, mean and sample standard deviation over seeds."""
+  """Per-run (seed, and fold with --folds) `metrics` on `splits` and, for each, the mean and
+  sample standard deviation over runs."""
   summary = {'config': config, 'overrides': overrides, 'jobs': jobs, 'runs': []}
   for run in runs:
     summary['runs'].append(
         {
             'seed': run['seed'],
+            **({'fold': run['fold']} if 'fold' in run else {}),
             'wall_seconds': run.get('wall_seconds'),
-            'final': _scores(run['results'], 'final', splits),
-            'best': _scores(run['results'], 'best', splits),
+            'final': _scores(run['results'], 'final', splits, metrics),
+            'best': _scores(run['results'], 'best', splits, metrics),
         }
     )
   for which in ('final', 'best'):
-    names = summary['runs'][0][which].keys()
-    values = {
-        name: np.array([r[which][name] for r in summary['runs']])
-        for name in names
-    }
-    summary[which] = {
-        name: {
-            'mean': float(v.mean()),
-            'std': float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-        }
-        for name, v in values.items()
-    }
+    summary[which] = _mean_std([r[which] for r in summary['runs']])
   walls = [
       r['wall_seconds']
       for r in summary['runs']
@@ -149,21 +221,35 @@ def summarize(
   return summary
 
 
+def _cells(stats: dict[str, dict[str, float]]) -> str:
+  """'name mean +- std' for each score of `stats` (name -> {'mean', 'std'})."""
+  return ', '.join(
+      f'{name} {s["mean"]:.3f} +- {s["std"]:.3f}' for name, s in stats.items()
+  )
+
+
 def format_summary(summary: dict[str, Any]) -> str:
+  """The summary as printed: the runs, final and best scores, baselines and wall times."""
+  runs = summary['runs']
+  seeds = list(dict.fromkeys(r['seed'] for r in runs))
+  folds = list(dict.fromkeys(r['fold'] for r in runs if 'fold' in r))
   lines = [
-      f'{summary["config"]} {" ".join(summary["overrides"])} '
-      f'seeds {[r["seed"] for r in summary["runs"]]} (jobs={summary["jobs"]})'
+      f'{summary["config"]} {" ".join(summary["overrides"])} seeds {seeds}'
+      + (f' x folds {folds}' if folds else '')
+      + f' (jobs={summary["jobs"]})'
   ]
   for which in ('final', 'best'):
-    cells = ', '.join(
-        f'{name} {s["mean"]:.3f} +- {s["std"]:.3f}'
-        for name, s in summary[which].items()
+    lines.append(f'  {which:5s}: {_cells(summary[which])}')
+  for name, baseline in summary.get('baselines', {}).items():
+    lines.append(
+        f'  baseline {name}: {_cells(baseline["scores"])} '
+        f'({np.mean(baseline["seconds"]):.1f} s per fit)'
     )
-    lines.append(f'  {which:5s}: {cells}')
   walls = summary['wall_seconds_per_seed']
   if walls:
     lines.append(
-        '  wall time per seed: ' + ', '.join(f'{w / 60:.1f} min' for w in walls)
+        f'  wall time per {"run" if folds else "seed"}: '
+        + ', '.join(f'{w / 60:.1f} min' for w in walls)
     )
   return '\n'.join(lines)
 
@@ -183,19 +269,30 @@ def main(argv):
       else [None]
   )
   free = list(slots)
+  folds = list(range(FLAGS.folds)) if FLAGS.folds else [None]
+  splits, metrics = (
+      (['validation'], FOLD_METRICS) if FLAGS.folds else (FLAGS.splits, METRICS)
+  )
+  # First: seconds, and a config or data problem shows before any training.
+  baseline_scores = run_baselines(folds, splits, metrics)
   with concurrent.futures.ThreadPoolExecutor(len(slots)) as pool:
 
-    def job(seed):
+    def job(seed_fold):
+      seed, fold = seed_fold
+      workdir = os.path.join(FLAGS.workdir, f'seed_{seed}')
+      if fold is not None:
+        workdir = os.path.join(workdir, f'fold_{fold}')
       slot = free.pop()
       try:
-        return train_seed(
-            seed, os.path.join(FLAGS.workdir, f'seed_{seed}'), slot
-        )
+        return train_seed(seed, fold, workdir, slot)
       finally:
         free.append(slot)
 
-    runs = list(pool.map(job, seeds))
-  summary = summarize(runs, FLAGS.config, FLAGS.set, FLAGS.jobs, FLAGS.splits)
+    runs = list(pool.map(job, [(s, f) for s in seeds for f in folds]))
+  summary = summarize(
+      runs, FLAGS.config, FLAGS.set, FLAGS.jobs, splits, metrics
+  )
+  summary['baselines'] = baseline_scores
   with open(os.path.join(FLAGS.workdir, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=2)
   print(format_summary(summary))

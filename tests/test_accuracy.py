@@ -1,8 +1,16 @@
-"""benchmarks/accuracy.py: per-seed scores of final and best checkpoints, mean and sample std."""
+"""benchmarks/accuracy.py: per-seed scores of final and best checkpoints, mean and sample std,
+and cross-validation (--folds), whose summary holds validation scores only."""
+
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 
 from benchmarks import accuracy
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _results(test_auc, best_test_auc):
@@ -57,3 +65,86 @@ def test_validation_only_summary_leaves_the_test_split_out():
   assert list(summary['final']) == ['validation.auc']
   assert list(summary['best']) == ['validation.auc']
   assert 'test' not in accuracy.format_summary(summary)
+
+
+def test_fold_summary_never_holds_test_scores():
+  runs = [
+      {'seed': s, 'fold': f, 'results': _results(0.8, 0.9)}
+      for s in (0, 1)
+      for f in (0, 1, 2)
+  ]
+  summary = accuracy.summarize(
+      runs, 'cfg.py', [], 1, ['validation'], accuracy.FOLD_METRICS
+  )
+  assert list(summary['final']) == [
+      'validation.accuracy',
+      'validation.balanced_accuracy',
+      'validation.auc',
+  ]
+  assert [(r['seed'], r['fold']) for r in summary['runs']][:2] == [
+      (0, 0),
+      (0, 1),
+  ]
+  assert summary['best']['validation.auc'] == {'mean': 0.9, 'std': 0.0}
+  summary['baselines'] = {
+      'random_forest': {
+          'scores': {'validation.auc': {'mean': 0.7, 'std': 0.1}},
+          'seconds': [1.0, 3.0],
+      }
+  }
+  text = accuracy.format_summary(summary)
+  assert 'seeds [0, 1] x folds [0, 1, 2]' in text
+  assert 'baseline random_forest: validation.auc 0.700 +- 0.100 (2.0 s' in text
+  assert 'test' not in text and 'test' not in json.dumps(summary)
+
+
+def test_folds_train_each_seed_and_fold_and_summarise_validation_only(
+    smoke_data_dir, tmp_path
+):
+  """benchmarks.accuracy --folds=2 end to end: a few steps per fold on the synthetic set."""
+  workdir = tmp_path / 'acc'
+  command = [
+      sys.executable,
+      '-m',
+      'benchmarks.accuracy',
+      '--config=configs/synthetic/vivit_smoke.py',
+      f'--workdir={workdir}',
+      '--seeds=0',
+      '--folds=2',
+      f'--set=dataset_configs.data_dir={smoke_data_dir}',
+      '--set=num_training_steps=2',
+      '--set=log_eval_steps=100',
+      '--set=write_summary=False',
+      '--set=checkpoint=False',
+  ]
+  run = subprocess.run(
+      command, cwd=REPO, capture_output=True, text=True, check=False
+  )
+  assert run.returncode == 0, run.stderr[-3000:]
+  # No test score: no 'test.<metric>' (the tmp_path holds 'pytest').
+  assert 'x folds [0, 1]' in run.stdout and 'test.' not in run.stdout
+  summary = (workdir / 'summary.json').read_text()
+  assert 'test.' not in summary and '"test"' not in summary
+  assert set(json.loads(summary)['baselines']) == {
+      'pca_logistic_regression',
+      'random_forest',
+  }
+  validated = 0
+  for fold in (0, 1):
+    folder = workdir / 'seed_0' / f'fold_{fold}'
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['dataset_configs']['num_folds'] == 2
+    assert config['dataset_configs']['fold'] == fold
+    results = json.loads((folder / 'results.json').read_text())
+    validated += results['validation']['num_examples']
+  assert validated == 128 + 40  # The folds share out train + validation.
+  log = (workdir / 'seed_0' / 'fold_0' / 'log.txt').stat().st_mtime
+  rerun = subprocess.run(
+      command, cwd=REPO, capture_output=True, text=True, check=False
+  )
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert (
+      json.loads((workdir / 'summary.json').read_text())['runs']
+      == json.loads(summary)['runs']
+  )
+  assert (workdir / 'seed_0' / 'fold_0' / 'log.txt').stat().st_mtime == log

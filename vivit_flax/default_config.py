@@ -90,6 +90,11 @@ def get_config() -> ml_collections.ConfigDict:
               num_train=_unset(int),
               num_val=_unset(int),
               num_test=_unset(int),
+              # k-fold cross-validation (datasets/folds.py): train + validation pooled into
+              # num_folds stratified folds, fold `fold` (0..num_folds-1) validating. None: the
+              # set's own validation split.
+              num_folds=_unset(int),
+              fold=_unset(int),
               augmentation=dict(
                   flip_axes=(),
                   rotate_planes=(),

@@ -51,6 +51,9 @@ def get_config(arg: str = 'adrenalmnist3d'):
   config.dataset_configs.download = False
   config.dataset_configs.prefetch_to_device = 2
   config.dataset_configs.num_workers = placeholder(int)
+  # k-fold cross-validation (benchmarks/accuracy.py --folds); None: the set's own validation split.
+  config.dataset_configs.num_folds = placeholder(int)
+  config.dataset_configs.fold = placeholder(int)
   config.dataset_configs.augmentation = ml_collections.ConfigDict()
   config.dataset_configs.augmentation.flip_axes = ()
   config.dataset_configs.augmentation.rotate_planes = ()

@@ -31,6 +31,9 @@ def get_config():
   config.dataset_configs.download = False
   config.dataset_configs.path = placeholder(str)
   config.dataset_configs.prefetch_to_device = 2
+  # k-fold cross-validation (benchmarks/accuracy.py --folds); None: the set's own validation split.
+  config.dataset_configs.num_folds = placeholder(int)
+  config.dataset_configs.fold = placeholder(int)
   # The Keras example augments nothing; every option here is off.
   config.dataset_configs.augmentation = ml_collections.ConfigDict()
   config.dataset_configs.augmentation.flip_axes = ()

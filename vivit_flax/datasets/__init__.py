@@ -4,9 +4,10 @@
 'synthetic3d' a generated 11-shape volume set in the MedMNIST layout (synthetic.py, read by npz_video.py),
 'npz_video'   a user `.npz` in the MedMNIST layout (npz_video.py).
 
-The training order is seeded by config.rng_seed (see input_pipeline.py). The optional
-config.dataset_configs.num_workers sets the host threads building batches (default: half the CPU cores, at
-most 8); the batches do not depend on it.
+With config.dataset_configs.num_folds set, train and validation are replaced by cross-validation
+folds (folds.py). The training order is seeded by config.rng_seed (see input_pipeline.py). The
+optional config.dataset_configs.num_workers sets the host threads building batches (default: half
+the CPU cores, at most 8); the batches do not depend on it.
 """
 
 import os
@@ -18,6 +19,7 @@ import numpy as np
 
 from vivit_flax import default_config
 from vivit_flax.config_checks import check_choice, check_positive
+from vivit_flax.datasets import folds
 from vivit_flax.datasets import input_pipeline
 from vivit_flax.datasets import medmnist3d
 from vivit_flax.datasets import npz_video
@@ -44,13 +46,14 @@ class Dataset(NamedTuple):
 
 def check_config(config, process_count: int, local_device_count: int) -> None:
   """Raises ValueError, saying what to change, for dataset settings of `config` that cannot
-  work: an unknown dataset or dtype, a batch size that does not split over the devices of the
-  run, or a data file that is missing and will be neither downloaded nor generated. Reads no
-  data."""
+  work: an unknown dataset or dtype, cross-validation keys out of range, a batch size that does
+  not split over the devices of the run, or a data file that is missing and will be neither
+  downloaded nor generated. Reads no data."""
   config = default_config.with_defaults(config)
   check_choice('config.dataset_name', config.dataset_name, LOADERS)
   check_choice('config.data_dtype_str', config.data_dtype_str, DATA_DTYPES)
   dataset_configs = config.dataset_configs
+  folds.check_keys(dataset_configs.num_folds, dataset_configs.fold)
   for key in ('num_workers', 'prefetch_to_device'):
     check_positive(f'config.dataset_configs.{key}', dataset_configs[key])
   for key in ('batch_size', 'eval_batch_size'):
@@ -86,6 +89,28 @@ def input_shape(config) -> tuple[int, ...] | None:
   return None
 
 
+def load_splits(config) -> tuple[dict, dict]:
+  """(splits, meta) of config.dataset_name as its loader reads them: 'train', 'validation' and
+  'test' -> (images, labels), labels checked against meta's num_classes; with
+  config.dataset_configs.num_folds, train and validation are the cross-validation folds.
+  """
+  config = default_config.with_defaults(config)
+  num_folds, fold = (
+      config.dataset_configs.num_folds,
+      config.dataset_configs.fold,
+  )
+  folds.check_keys(num_folds, fold)
+  splits, meta = LOADERS[config.dataset_name](config.dataset_configs)
+  for split, (_, labels) in splits.items():
+    if labels.size and labels.max() >= meta['num_classes']:
+      raise ValueError(
+          f'{meta["data_file"]}: {split} label {labels.max()} >= num_classes {meta["num_classes"]}.'
+      )
+  if num_folds is not None:
+    splits = folds.split(splits, num_folds, fold)
+  return splits, meta
+
+
 def get_dataset(
     config, *, process_index=None, process_count=None, local_device_count=None
 ):
@@ -106,12 +131,7 @@ def get_dataset(
   batch_size = config.batch_size
   eval_batch_size = config.eval_batch_size or batch_size
 
-  splits, meta = LOADERS[config.dataset_name](config.dataset_configs)
-  for split, (_, labels) in splits.items():
-    if labels.size and labels.max() >= meta['num_classes']:
-      raise ValueError(
-          f'{meta["data_file"]}: {split} label {labels.max()} >= num_classes {meta["num_classes"]}.'
-      )
+  splits, meta = load_splits(config)
   steps_per_epoch = len(splits['train'][1]) // batch_size
   if steps_per_epoch == 0:
     raise ValueError(
