@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vivit_flax import datasets, default_config, model, train_utils, trainer
+from vivit_flax import datasets, default_config, masked_pretraining, model, train_utils, trainer
 
 
 class ConfigError(ValueError):
@@ -115,3 +115,11 @@ def validate(
         ', '.join(f'config.{path}' for path in unused),
     )
   _check_model(complete)
+  shape = datasets.input_shape(complete)
+  if complete.trainer_name == masked_pretraining.TRAINER_NAME and shape:
+    with _as_config_error():
+      masked_pretraining.check_config(complete, shape)
+  with _as_config_error(' (in config.init_from.masked_pretraining)'):
+    stage = masked_pretraining.pretraining_stage(complete, '')
+  if stage is not None:
+    validate(stage[0], num_devices)

@@ -95,6 +95,9 @@ def get_config() -> ml_collections.ConfigDict:
               # set's own validation split.
               num_folds=_unset(int),
               fold=_unset(int),
+              # Volumes without labels (.npz files), added to the training split of masked
+              # pretraining only (npz_video.read_unlabeled).
+              unlabeled_files=(),
               augmentation=dict(
                   flip_axes=(),
                   rotate_planes=(),
@@ -138,12 +141,22 @@ def get_config() -> ml_collections.ConfigDict:
                   bool
               ),  # None: on when the backend is the CPU.
               return_prelogits=False,
+              # The decoder of masked pretraining (masked_pretraining.py).
+              decoder_config=dict(
+                  hidden_size=64, num_heads=4, mlp_dim=256, num_layers=2
+              ),
           ),
           model_dtype_str='float32',
           label_smoothing=_unset(float),
           l2_decay_factor=_unset(float),
           class_weighted_loss=False,
           trainer_name='vivit_trainer',
+          # Masking and target of masked pretraining (trainer_name='vivit_mae_pretrainer').
+          masked_feature_loss=dict(
+              token_mask_probability=0.9,
+              mask_type='random',
+              normalise_targets=True,
+          ),
           optimizer=_unset(str),
           optimizer_configs=dict(
               beta1=0.9,

@@ -68,6 +68,9 @@ def _attention_fn(
   mode: 'tokens', 'time' or 'space' (attention along that axis), or
   'factorized_heads' (Model 4: half the heads over time, half over space).
   fast_dropout: model_utils.dropout_keep_mask's fast mask for attention dropout.
+  Given `module` (nn.MultiHeadDotProductAttention's sow_weights), the float32
+  softmax weights are sown into its 'intermediates' as 'attention_weights'
+  (model_utils.dot_product_attention's `sow`; attention_maps reads them).
   """
   if mode == 'factorized_heads':
     attend = model_utils.factorized_dot_product_attention
@@ -77,7 +80,13 @@ def _attention_fn(
     )
 
   def attention_fn(
-      query, key, value, dropout_rng=None, dropout_rate=0.0, deterministic=True
+      query,
+      key,
+      value,
+      dropout_rng=None,
+      dropout_rate=0.0,
+      deterministic=True,
+      module=None,
   ):
     return attend(
         query,
@@ -88,6 +97,11 @@ def _attention_fn(
         deterministic=deterministic,
         implementation=implementation,
         fast_dropout=fast_dropout,
+        sow=None
+        if module is None
+        else functools.partial(
+            module.sow, 'intermediates', 'attention_weights'
+        ),
     )
 
   return attention_fn
@@ -176,7 +190,8 @@ class EncoderBlock(nn.Module):
   attention: 'tokens' (Models 1 and 2, input [B, N, D]); 'factorized_heads'
   (Model 4, input [B, T, S, D]); or an ordered pair of 'time'/'space'
   (Model 3, input [B, T, S, D]: one attention sub-layer per axis, each with
-  its own LayerNorm, named by axis as in Scenic).
+  its own LayerNorm, named by axis as in Scenic). When the caller collects
+  'intermediates', each attention sub-layer sows its softmax weights there.
   """
 
   mlp_dim: int
@@ -205,7 +220,11 @@ class EncoderBlock(nn.Module):
               mode, o.attention_implementation, o.cpu_fast_layers
           ),
           name=f'MultiHeadDotProductAttention_{suffix}',
-      )(y, deterministic=deterministic)
+      )(
+          y,
+          deterministic=deterministic,
+          sow_weights=self.is_mutable_collection('intermediates'),
+      )
       y = _dropout(o.dropout_rate, o.cpu_fast_layers)(
           y, deterministic=deterministic
       )
@@ -313,7 +332,9 @@ class ConvStem(nn.Module):
 class MAPHead(nn.Module):
   """Multihead attention pooling (big_vision's 'map' head; Lee et al. 2019): a
   learned probe attends over the tokens, followed by a residual MLP. Unlike a
-  mean over every token, it can weight the few tokens that hold the object."""
+  mean over every token, it can weight the few tokens that hold the object.
+  When the caller collects 'intermediates', the probe's attention weights
+  [B, heads, 1, N] are sown there."""
 
   num_heads: int
   mlp_dim: int
@@ -329,23 +350,35 @@ class MAPHead(nn.Module):
         num_heads=self.num_heads,
         dtype=self.dtype,
         kernel_init=nn.initializers.xavier_uniform(),
-    )(jnp.broadcast_to(probe.astype(x.dtype), (b, 1, d)), x)
+    )(
+        jnp.broadcast_to(probe.astype(x.dtype), (b, 1, d)),
+        x,
+        sow_weights=self.is_mutable_collection('intermediates'),
+    )
     y = nn.LayerNorm(dtype=self.dtype)(x)
     x = x + MlpBlock(self.mlp_dim, dtype=self.dtype)(y, deterministic=True)
     return x[:, 0]
 
 
 class AddPositionEmbs(nn.Module):
-  """Adds a learned [1, N, D] position embedding (float32 parameter)."""
+  """Adds a learned [1, N, D] position embedding (float32 parameter) to the N
+  tokens of a sequence, or, given `token_indices` [B, n], to n of them: the
+  ones at those positions of the N-token sequence (num_tokens = N)."""
+
+  num_tokens: Optional[int] = None
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(
+      self, x: jax.Array, token_indices: Optional[jax.Array] = None
+  ) -> jax.Array:
     pe = self.param(
         'pos_embedding',
         nn.initializers.normal(stddev=0.02),
-        (1,) + x.shape[1:],
+        (1, self.num_tokens or x.shape[1], x.shape[-1]),
         jnp.float32,
     )
+    if token_indices is not None:
+      pe = jnp.take(pe[0], token_indices, axis=0)
     return x + pe.astype(x.dtype)
 
 
@@ -357,6 +390,12 @@ class Encoder(nn.Module):
   (block i has stochastic depth i / (L - 1) * stochastic_droplayer_rate) and
   a final float32 LayerNorm. For grid attention (Models 3 and 4) the tokens
   are viewed as [B, t, h*w, D] for the whole stack.
+
+  With `token_indices` [B, n] (masked pretraining), the input is n of the
+  grid's t*h*w tokens, without class token, and gets the position embeddings
+  of those grid positions; for grid attention they must be the same number
+  of tokens at every time index, time-major (tube masking), viewed as
+  [B, t, n/t, D].
   """
 
   grid: tuple[int, int, int]
@@ -367,13 +406,25 @@ class Encoder(nn.Module):
   options: LayerOptions = LayerOptions()
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(
+      self,
+      x: jax.Array,
+      *,
+      train: bool,
+      token_indices: Optional[jax.Array] = None,
+  ) -> jax.Array:
     b, n, d = x.shape
     if self.positional_embedding == 'learned_1d':
-      x = AddPositionEmbs(name='posembed_input')(x)
+      x = AddPositionEmbs(
+          num_tokens=None if token_indices is None else int(np.prod(self.grid)),
+          name='posembed_input',
+      )(x, token_indices)
     elif self.positional_embedding == 'sinusoidal_3d':
       pe = model_utils.sinusoidal_3d_position_embedding(self.grid, d)
-      pe = np.pad(pe, ((n - pe.shape[0], 0), (0, 0)))  # none for a cls token
+      if token_indices is None:
+        pe = np.pad(pe, ((n - pe.shape[0], 0), (0, 0)))  # none for a cls token
+      else:
+        pe = jnp.take(jnp.asarray(pe), token_indices, axis=0)
       x = x + jnp.asarray(pe, x.dtype)
     x = _dropout(self.options.dropout_rate, self.options.cpu_fast_layers)(
         x, deterministic=not train
@@ -381,7 +432,7 @@ class Encoder(nn.Module):
 
     on_grid = self.attention != 'tokens'
     if on_grid:
-      x = x.reshape(b, self.grid[0], self.grid[1] * self.grid[2], d)
+      x = x.reshape(b, self.grid[0], -1, d)
     num_layers = self.size.num_layers
     for i in range(num_layers):
       x = EncoderBlock(
@@ -601,6 +652,26 @@ class ViViT(nn.Module):
         n_sampled_frames=self.n_sampled_frames,
     )
 
+  def token_attention(self) -> Any:
+    """The `attention` of the encoder blocks of Models 1, 3 and 4 (EncoderBlock)."""
+    return {
+        'spacetime': 'tokens',
+        'factorized_self_attention_block': ATTENTION_ORDERS[
+            self.attention_order
+        ],
+        'factorized_dot_product_attention': 'factorized_heads',
+    }[self.attention_type]
+
+  def layer_options(self) -> LayerOptions:
+    """The options every encoder layer of this model shares."""
+    return LayerOptions(
+        dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate,
+        dtype=self.dtype,
+        attention_implementation=self.attention_implementation,
+        cpu_fast_layers=self.cpu_fast_layers,
+    )
+
   def _patch_embedding(self, patch: tuple[int, ...], kernel_init: Any):
     """The linear embedding of `patch`-sized patches (time first; a 2D patch
     embeds each frame): a VALID nn.Conv with stride = kernel = patch, or
@@ -671,13 +742,7 @@ class ViViT(nn.Module):
         attention=attention,
         positional_embedding=self.positional_embedding,
         stochastic_droplayer_rate=self.stochastic_droplayer_rate,
-        options=LayerOptions(
-            dropout_rate=self.dropout_rate,
-            attention_dropout_rate=self.attention_dropout_rate,
-            dtype=self.dtype,
-            attention_implementation=self.attention_implementation,
-            cpu_fast_layers=self.cpu_fast_layers,
-        ),
+        options=self.layer_options(),
         name=name,
     )(x, train=train)
     if self.classifier == 'token':
@@ -719,18 +784,11 @@ class ViViT(nn.Module):
           train,
       )
     else:
-      attention = {
-          'spacetime': 'tokens',
-          'factorized_self_attention_block': ATTENTION_ORDERS[
-              self.attention_order
-          ],
-          'factorized_dot_product_attention': 'factorized_heads',
-      }[self.attention_type]
       x = self._encode_and_pool(
           tokens.reshape(b, gt * gh * gw, d),
           (gt, gh, gw),
           self.transformer,
-          attention,
+          self.token_attention(),
           'Transformer',
           train,
       )

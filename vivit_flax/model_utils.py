@@ -2,7 +2,7 @@
 kernel initialisers, the fixed 3D sin-cos position embedding, attention along
 one axis of a token grid, and the weighted classification losses/metrics."""
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
 import flax.linen as nn
@@ -130,6 +130,18 @@ def stem_output_size(size: int, kernel: int, stride: int, padding: str) -> int:
   return max((size - kernel) // stride + 1, 0)
 
 
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+  """Zero voxels (before, after) that 'SAME' padding adds along one axis of
+  `size` voxels, as lax.conv_general_dilated pads them."""
+  total = max(
+      (stem_output_size(size, kernel, stride, 'SAME') - 1) * stride
+      + kernel
+      - size,
+      0,
+  )
+  return total // 2, total - total // 2
+
+
 def conv3d(
     x: jax.Array, kernel: jax.Array, stride: int = 1, padding: str = 'SAME'
 ) -> jax.Array:
@@ -141,8 +153,7 @@ def conv3d(
   k = kernel.shape[0]
   out = [stem_output_size(n, k, stride, padding) for n in (t, h, w)]
   if padding == 'SAME':
-    totals = [max((o - 1) * stride + k - n, 0) for o, n in zip(out, (t, h, w))]
-    pads = [(total // 2, total - total // 2) for total in totals]
+    pads = [same_padding(n, k, stride) for n in (t, h, w)]
     x = jnp.pad(x, [(0, 0)] + pads + [(0, 0)])
   views = [
       x[
@@ -248,6 +259,7 @@ def dot_product_attention(
     deterministic: bool = True,
     implementation: Optional[str] = None,
     fast_dropout: bool = False,
+    sow: Optional[Callable[[jax.Array], Any]] = None,
 ) -> jax.Array:
   """Softmax attention along one token axis of [..., heads, depth] arrays.
 
@@ -258,12 +270,14 @@ def dot_product_attention(
   back to XLA for shapes it rejects, such as cuDNN with an odd token count);
   other axes and attention dropout use an einsum over the grid as it lies, so
   no transpose is written out. `fast_dropout` picks dropout_keep_mask's fast
-  mask for the attention weights.
+  mask for the attention weights. `sow`, when given, is called with the
+  float32 weights before dropout, [other axes..., heads, query, key] (the
+  einsum path, whatever `implementation` says).
   """
   ndim = query.ndim
   axis = axis % ndim
   dropout = not deterministic and dropout_rate > 0.0
-  if axis == ndim - 3 and not dropout:
+  if axis == ndim - 3 and not dropout and sow is None:
     lead = query.shape[:axis]
     q, k, v = (a.reshape((-1,) + a.shape[axis:]) for a in (query, key, value))
     try:
@@ -289,6 +303,8 @@ def dot_product_attention(
       preferred_element_type=jnp.float32,
   )
   weights = jax.nn.softmax(logits / np.sqrt(query.shape[-1]), axis=-1)
+  if sow is not None:
+    sow(weights)
   if dropout:
     keep, scale = dropout_keep_mask(
         dropout_rng, dropout_rate, weights.shape, fast=fast_dropout
@@ -336,7 +352,7 @@ def factorized_dot_product_attention(
   in Scenic; the halves are concatenated back along the heads axis. Each half
   is a `dot_product_attention` with its own split of `dropout_rng` and the
   same `attention_options` (dropout_rate, deterministic, implementation,
-  fast_dropout).
+  fast_dropout, sow: called for the time half, then the space half).
   """
   half = query.shape[-2] // 2
   rngs = (

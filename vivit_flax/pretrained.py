@@ -1,7 +1,10 @@
-"""Initialisation of a ViViT from a 2D image ViT checkpoint (Scenic's `config.init_from`).
+"""Initialisation of a ViViT from a 2D image ViT checkpoint, or from a run of this project such as
+masked pretraining (Scenic's `config.init_from`).
 
-  config.init_from.checkpoint_path               ViT checkpoint (see `load_vit_params`)
-  config.init_from.checkpoint_format             'big_vision' (.npz, default) or 'scenic'
+  config.init_from.checkpoint_path               ViT checkpoint (see `load_vit_params`), or the
+                                                 workdir of a run of this project
+  config.init_from.checkpoint_format             'big_vision' (.npz, default), 'scenic', or
+                                                 'vivit' (a workdir: see `init_from_vivit_run`)
   config.init_from.restore_positional_embedding  default True
   config.init_from.restore_input_embedding       default True
   config.init_from.positional_embed_size_change  'tile', 'resize' or 'resize_tile' (default)
@@ -32,6 +35,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import core, serialization, traverse_util
 from flax.training import checkpoints as flax_checkpoints
+
+from vivit_flax import checkpoints
 
 POSEMB_SIZE_CHANGES = ('tile', 'resize', 'resize_tile')
 # Model 3 blocks hold two attention sub-layers; a ViT block's parts map onto them like this
@@ -104,7 +109,7 @@ def load_vit_params(
   else:
     raise ValueError(
         f'Unknown config.init_from.checkpoint_format {checkpoint_format!r}: use '
-        "'big_vision' (.npz) or 'scenic' (Flax/Orbax checkpoint)."
+        "'big_vision' (.npz), 'scenic' (Flax/Orbax checkpoint) or 'vivit' (a run's workdir)."
     )
   params = flax_checkpoints.convert_pre_linen(
       jax.tree_util.tree_map(np.asarray, dict(tree))
@@ -406,6 +411,36 @@ def init_from_vit(
   return params
 
 
+# What a run of this project passes on to fine-tuning: the tokeniser and the encoder. Heads and
+# the decoder of masked pretraining stay behind.
+TRANSFERRED_FROM_RUNS = ('stem', 'embedding', 'Transformer')
+
+
+def init_from_vivit_run(params: dict, workdir: str) -> dict:
+  """New parameters: `params` with the tokeniser and encoder (TRANSFERRED_FROM_RUNS) of the
+  newest checkpoint in `workdir` (its moving average where the run kept one), such as a masked
+  pretraining run of the same ViViT. The classifier head stays as initialised.
+
+  Raises:
+    PretrainedMismatchError: naming the first part or parameter that does not fit.
+  """
+  source, _ = checkpoints.restore_params(workdir)
+  params = jax.tree_util.tree_map(lambda x: x, core.unfreeze(params))
+  for name in TRANSFERRED_FROM_RUNS:
+    if (name in params) != (name in source):
+      raise PretrainedMismatchError(
+          f'The run in {workdir} {"lacks" if name in params else "has"} {name!r}, which this'
+          f' ViViT {"has" if name in params else "lacks"}: make config.model (stem, patches,'
+          ' attention_config) match the config.json of that run.'
+      )
+    if name in params:
+      _copy_subtree(params, name, source, name)
+  logging.info(
+      'Initialised the tokeniser and encoder from the run in %s.', workdir
+  )
+  return params
+
+
 def apply_init_from(model, params: dict) -> dict:
   """`params` initialised from config.init_from.checkpoint_path, or unchanged when that is unset.
 
@@ -417,6 +452,10 @@ def apply_init_from(model, params: dict) -> dict:
   init_from = model.config.get('init_from')
   if not init_from or not init_from.get('checkpoint_path'):
     return params
+  if init_from.get('checkpoint_format') == 'vivit':
+    return init_from_vivit_run(
+        params, os.path.expanduser(init_from.checkpoint_path)
+    )
   vit_params = load_vit_params(
       os.path.expanduser(init_from.checkpoint_path),
       init_from.get('checkpoint_format', 'big_vision'),

@@ -259,7 +259,8 @@ def train_step(
   """One data-parallel optimisation step on this device's shard of the global batch.
 
   Dropout and stochastic-depth keys are folded from the state's RNG by step and device
-  index, so every device draws different noise and a resumed run draws the same noise.
+  index, so every device draws different noise and a resumed run draws the same noise;
+  masked pretraining's masks come from the 'masking' stream, folded from the same key.
   With `ema_decay`, `state.ema_params` moves towards the updated parameters by
   1 - ema_decay_at(ema_decay, step after the update).
   """
@@ -271,7 +272,10 @@ def train_step(
         {'params': params},
         batch['inputs'],
         train=True,
-        rngs={'dropout': dropout_rng},
+        rngs={
+            'dropout': dropout_rng,
+            'masking': jax.random.fold_in(dropout_rng, 1),
+        },
     )
     return loss_fn(logits, batch, params), logits
 

@@ -1,7 +1,9 @@
 """The training loop: init or resume, pmapped steps, periodic logging, evaluation and checkpoints.
 
 Nothing here is model-specific: the model comes from `model.get_model_cls(config.model_name)`,
-the data from `datasets.get_dataset(config)`.
+the data from `datasets.get_dataset(config)`. `config.trainer_name` picks the task the loop runs:
+classification ('vivit_trainer') or masked pretraining of the same ViViT ('vivit_mae_pretrainer',
+masked_pretraining.py: its own model, steps and evaluation, the same loop).
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from flax import jax_utils
 
-from vivit_flax import checkpoints, datasets, default_config, evaluation, model, pretrained, train_utils
+from vivit_flax import checkpoints, datasets, default_config, evaluation, masked_pretraining, model, pretrained, train_utils
 from vivit_flax.config_checks import check_choice, check_positive
 
-# Scenic's name for the trainer of its ViViT project, the one this module implements.
-TRAINER_NAMES = ('vivit_trainer',)
+# Scenic's name for the trainer of its ViViT project, and masked pretraining's.
+TRAINER_NAMES = ('vivit_trainer', masked_pretraining.TRAINER_NAME)
 # Validation scores a best checkpoint can be chosen by (always maximised).
 BEST_CHECKPOINT_METRICS = (
     'accuracy',
@@ -102,6 +104,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       'max_checkpoints_to_keep',
   ):
     check_positive(f'config.{key}', config[key])
+  if (
+      config.trainer_name == masked_pretraining.TRAINER_NAME
+      and config.best_checkpoint_metric is not None
+  ):
+    raise ValueError(
+        'Masked pretraining keeps its latest checkpoints only (its validation loss does not'
+        ' rank encoders for fine-tuning): unset config.best_checkpoint_metric.'
+    )
   if config.best_checkpoint_metric is not None:
     check_choice(
         'config.best_checkpoint_metric',
@@ -121,7 +131,14 @@ class Trainer:
     self.is_chief = jax.process_index() == 0
     self.dataset = datasets.get_dataset(config)
     self.meta = self.dataset.meta_data
-    self.model = model.get_model_cls(config.model_name)(config, self.meta)
+    self.pretraining = config.trainer_name == masked_pretraining.TRAINER_NAME
+    if self.pretraining:
+      masked_pretraining.check_config(config, self.meta['input_shape'])
+      self.model = masked_pretraining.ViViTMaskedAutoencoderModel(
+          config, self.meta
+      )
+    else:
+      self.model = model.get_model_cls(config.model_name)(config, self.meta)
     self.total_steps = train_utils.total_train_steps(
         config, self.dataset.steps_per_epoch
     )
@@ -133,7 +150,12 @@ class Trainer:
         config.log_eval_steps or self.dataset.steps_per_epoch
     )
     self.checkpoint_steps = int(config.checkpoint_steps or self.log_eval_steps)
-    self.p_train_step, self.p_eval_step = train_utils.pmapped_steps(
+    steps = (
+        masked_pretraining.pmapped_steps
+        if self.pretraining
+        else train_utils.pmapped_steps
+    )
+    self.p_train_step, self.p_eval_step = steps(
         self.model, config, self.learning_rate_fn
     )
     self.writer = metric_writers.create_default_writer(
@@ -220,13 +242,16 @@ class Trainer:
   def evaluate(
       self, state, split: str, step: int, prefix: str | None = None
   ) -> tuple[dict[str, float], dict]:
-    """Scores of `split`, written to TensorBoard as `<prefix>_<metric>` (valid_, test_)."""
-    results, predictions = evaluation.evaluate(
-        self.p_eval_step,
-        state,
-        self.on_devices(self.dataset.eval_iter(split)),
-        task=self.meta['task'],
-    )
+    """Scores of `split`, written to TensorBoard as `<prefix>_<metric>` (valid_, test_), and the
+    predictions (None for masked pretraining, which scores reconstructions)."""
+    batches = self.on_devices(self.dataset.eval_iter(split))
+    if self.pretraining:
+      results = masked_pretraining.evaluate(self.p_eval_step, state, batches)
+      predictions = None
+    else:
+      results, predictions = evaluation.evaluate(
+          self.p_eval_step, state, batches, task=self.meta['task']
+      )
     prefix = prefix or ('valid' if split == 'validation' else split)
     self.writer.write_scalars(
         step, {f'{prefix}_{k}': v for k, v in results.items()}
@@ -373,15 +398,17 @@ class Trainer:
     for split in ('validation', 'test'):
       scores, predictions = self.evaluate(state, split, self.total_steps)
       results[split] = scores
+      logging.info('%s: %s', split, json.dumps(scores))
       if split == 'validation':
         self.save_if_best(state, scores, self.total_steps)
-      matrix_image = evaluation.confusion_matrix_image(
-          predictions['confusion_matrix'], self.meta['label_names']
-      )
-      self.writer.write_images(
-          self.total_steps, {f'{split}_confusion_matrix': matrix_image[None]}
-      )
-      logging.info('%s: %s', split, json.dumps(scores))
+      if predictions is not None:
+        matrix_image = evaluation.confusion_matrix_image(
+            predictions['confusion_matrix'], self.meta['label_names']
+        )
+        self.writer.write_images(
+            self.total_steps,
+            {f'{split}_confusion_matrix': matrix_image[None]},
+        )
     if self.best_manager is not None:
       results['best'] = self.best_results(state, results['test'])
     if self.is_chief:
@@ -473,5 +500,22 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str
 ) -> dict[str, Any]:
-  """Trains `config` in `workdir` (resuming if it holds a checkpoint) and returns the results."""
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint) and returns the results.
+
+  A config whose init_from asks for masked pretraining first (masked_pretraining.
+  pretraining_stage) trains that in `<workdir>/masked_pretraining` (resuming it, or skipping it
+  once its results.json exists), then fine-tunes from it; a preempted pretraining returns its
+  own results, and the same command resumes it.
+  """
+  stage = masked_pretraining.pretraining_stage(config, workdir)
+  if stage is not None:
+    pretraining, pretraining_workdir = stage
+    if not os.path.exists(os.path.join(pretraining_workdir, 'results.json')):
+      results = Trainer(pretraining, pretraining_workdir).run()
+      if 'preempted_at_step' in results:
+        return results
+    config = ml_collections.ConfigDict(config.to_dict())
+    del config.init_from['masked_pretraining']
+    config.init_from.checkpoint_path = pretraining_workdir
+    config.init_from.checkpoint_format = 'vivit'
   return Trainer(config, workdir).run()

@@ -54,6 +54,15 @@ def check_config(config, process_count: int, local_device_count: int) -> None:
   check_choice('config.data_dtype_str', config.data_dtype_str, DATA_DTYPES)
   dataset_configs = config.dataset_configs
   folds.check_keys(dataset_configs.num_folds, dataset_configs.fold)
+  if (
+      dataset_configs.unlabeled_files
+      and config.trainer_name != 'vivit_mae_pretrainer'
+  ):
+    raise ValueError(
+        'config.dataset_configs.unlabeled_files adds volumes without labels, which only masked'
+        " pretraining (trainer_name='vivit_mae_pretrainer') can train on: list them in"
+        ' config.init_from.masked_pretraining.dataset_configs.unlabeled_files instead.'
+    )
   for key in ('num_workers', 'prefetch_to_device'):
     check_positive(f'config.dataset_configs.{key}', dataset_configs[key])
   for key in ('batch_size', 'eval_batch_size'):
@@ -108,6 +117,20 @@ def load_splits(config) -> tuple[dict, dict]:
       )
   if num_folds is not None:
     splits = folds.split(splits, num_folds, fold)
+  if config.dataset_configs.unlabeled_files:
+    images, labels = splits['train']
+    extra = [
+        npz_video.read_unlabeled(path, images.shape[1:], images.dtype)
+        for path in config.dataset_configs.unlabeled_files
+    ]
+    # Label 0 fills the label slot; masked pretraining, the only reader, never reads it.
+    splits['train'] = (
+        np.concatenate([images] + extra),
+        np.concatenate(
+            [labels] + [np.zeros(len(e), labels.dtype) for e in extra]
+        ),
+    )
+    meta['unlabeled_files'] = list(config.dataset_configs.unlabeled_files)
   return splits, meta
 
 

@@ -102,6 +102,45 @@ def _check_labels(path, key, labels, n):
   return labels.astype(np.int32)
 
 
+# Arrays an unlabeled-volume file may hold, in the order they are looked for.
+UNLABELED_KEYS = ('images', 'train_images')
+
+
+def read_unlabeled(
+    path: str, shape: tuple[int, ...], dtype: np.dtype
+) -> np.ndarray:
+  """The volumes of an unlabeled `.npz` (its 'images' array, else a MedMNIST-layout file's
+  'train_images'), [N, T, H, W, C], which must have the example `shape` and the `dtype` (uint8,
+  or float32 in [0, 1]) of the dataset's."""
+  path = os.path.expanduser(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'Unlabeled volume file {path} does not exist'
+        ' (config.dataset_configs.unlabeled_files).'
+    )
+  with np.load(path, allow_pickle=False) as npz:
+    key = next((k for k in UNLABELED_KEYS if k in npz.files), None)
+    if key is None:
+      raise ValueError(
+          f'{path} holds none of the arrays {UNLABELED_KEYS} (found {npz.files}): store the'
+          " volumes [N, T, H, W] as 'images'."
+      )
+    images = _check_images(path, key, npz[key])
+  if images.ndim == 4:
+    images = images[..., None]
+  if images.shape[1:] != tuple(shape):
+    raise ValueError(
+        f'{path}: {key} holds volumes of shape {images.shape[1:]}, the dataset'
+        f' {tuple(shape)}: resample them to the same size.'
+    )
+  if images.dtype != dtype:
+    raise ValueError(
+        f'{path}: {key} is {images.dtype}, the dataset {np.dtype(dtype)}: store the volumes'
+        ' in the same type (uint8 0..255, or floating point in [0, 1]).'
+    )
+  return images
+
+
 def read_npz(path):
   """Reads and validates a MedMNIST-layout `.npz`: returns (splits, label_names or None)."""
   keys = [
