@@ -124,3 +124,26 @@ def test_best_checkpoint_is_kept_reported_and_served_by_default(run):
   assert np.mean(latest == labels) == pytest.approx(results['test']['accuracy'])
   with pytest.raises(ValueError, match="'newest'"):
     inference.load_predictor(workdir, checkpoint='newest')
+
+
+def test_explainer_serves_the_predictors_parameters_and_views(run):
+  config, workdir, _ = run
+  images, _ = trainer.Trainer(config, workdir).dataset.arrays('test')
+  for checkpoint in ('best', 'latest'):
+    probabilities, maps = inference.load_explainer(
+        workdir, checkpoint, batch_size=8
+    )(images)
+    np.testing.assert_allclose(
+        probabilities,
+        inference.load_predictor(workdir, checkpoint)(images),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert maps.shape == images.shape[:4]
+    # The flips of config.tta_flip_axes move no mass out of the volume.
+    np.testing.assert_allclose(maps.sum(axis=(1, 2, 3)), 1.0, rtol=1e-5)
+  # A volume alone gets the map it gets in a batch of eight (the 'latest' ones above).
+  _, alone = inference.load_explainer(workdir, 'latest', batch_size=1)(
+      images[3:4]
+  )
+  np.testing.assert_allclose(alone[0], maps[3], rtol=1e-5, atol=1e-9)

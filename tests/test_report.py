@@ -98,3 +98,49 @@ def test_gif_of_float_rgb_volume_keeps_every_slice():
   )  # identical slices still give 4 frames
   with Image.open(io.BytesIO(report.gif_bytes(volume))) as gif:
     assert gif.n_frames == 4 and gif.width == 7 * report._scale(volume.shape)
+
+
+def test_report_with_attention(workdir, tmp_path):
+  out = str(tmp_path / 'report')
+  paths = report.write_report(
+      workdir, split='test', num_samples=4, out=out, attention=True
+  )
+  names = [os.path.basename(p) for p in paths['attention_gifs']]
+  assert all(re.fullmatch(r'sample_\d{3}_attention\.gif', n) for n in names)
+  assert [f'sample_{i:03d}_attention.gif' for i in range(4)] == names[:4]
+  scale = report.GIF_SIZE // SIDE
+  with (
+      Image.open(paths['attention_gifs'][0]) as gif,
+      Image.open(paths['gifs'][0]) as plain,
+  ):
+    assert gif.n_frames == DEPTH and gif.width == SIDE * scale
+    assert gif.height > plain.height  # the colour scale under each frame
+
+  page = open(paths['attention_html'], encoding='utf-8').read()
+  headings = re.findall(r'<h2>(.*?)</h2>', page)
+  assert [h.split(':')[0] for h in headings] == ['Correct', 'Wrong']
+  right = len(re.findall(r'<figcaption class="right">', page))
+  wrong = len(re.findall(r'<figcaption class="wrong">', page))
+  assert 0 < right + wrong <= 4 and right <= 2 and wrong <= 2
+  assert page.count('src="data:image/gif;base64,') == right + wrong
+  index = open(paths['html'], encoding='utf-8').read()
+  assert 'href="attention.html"' in index
+
+
+def test_attention_frames_colour_the_attended_voxels():
+  volume = np.full((3, 4, 4, 1), 100, np.uint8)
+  attention = np.zeros((3, 4, 4), np.float32)
+  attention[1, 2, 3] = 1.0
+  frames = report.attention_frames(volume, attention)
+  scale = report._scale(volume.shape)
+  hot = np.asarray(frames[1], np.int32)
+  cold = np.asarray(frames[0], np.int32)
+  y, x = 2 * scale + scale // 2, 3 * scale + scale // 2
+  assert abs(hot[y, x, 0] - hot[y, x, 2]) > 50  # coloured
+  assert (cold[: 4 * scale, : 4 * scale] == 100).all()  # grey volume alone
+  # The colour scale runs from the colour map's first entry to its last.
+  legend_row = np.asarray(frames[0])[
+      frames[0].height - report.colour_scale(4 * scale, 1.0).height + 2
+  ]
+  np.testing.assert_array_equal(legend_row[0], report.HEAT_LUT[0])
+  np.testing.assert_array_equal(legend_row[-1], report.HEAT_LUT[-1])
