@@ -1,15 +1,23 @@
-"""Tests for vivit_flax.sweep: the hyper combinators, point names, overrides, and tiny sweeps trained
+"""Tests for vivit_flax.sweep: the hyper combinators, point names, overrides, tiny sweeps trained
 in this process and as main.py processes (npz_video files of float [N, T, H, W, C] clips and of
-uint8 [N, T, H, W] volumes, end to end)."""
+uint8 [N, T, H, W] volumes, end to end), and sweeps run as a cluster runs them: one
+`--point=K` process per point (killed, stopped, failing), then `--collect` and `--select`.
+"""
 
+import concurrent.futures
 import csv
 import json
 import os
+import signal
+import subprocess
+import sys
+import threading
 
 import numpy as np
 import pytest
 
-from vivit_flax import config_overrides, config_validation, model, sweep, trainer
+from benchmarks.resume_stress import finished_steps, wait_for_checkpoint
+from vivit_flax import config_overrides, config_validation, model, sweep, sweep_results, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP_CONFIG = """
@@ -182,7 +190,7 @@ def test_in_process_sweep_trains_and_skips_finished_points(
       sweep_config, str(workdir), metrics=['test.accuracy', 'validation.loss']
   )
   assert [r['name'] for r in rows] == names
-  assert [r['status'] for r in rows] == ['skipped', 'done']
+  assert [r['status'] for r in rows] == ['done', 'done']
   assert (
       json.loads((workdir / names[1] / 'config.json').read_text())[
           'lr_configs'
@@ -209,7 +217,7 @@ def test_in_process_sweep_trains_and_skips_finished_points(
   )
   assert (
       len(markdown) == 4
-      and markdown[2] == f'| {names[0]} | 0.001 | 0.25 |  | skipped |'
+      and markdown[2] == f'| {names[0]} | 0.001 | 0.25 |  | done |'
   )
 
   # A rerun trains only the point whose results.json is gone.
@@ -226,7 +234,7 @@ def test_in_process_sweep_trains_and_skips_finished_points(
   monkeypatch.setattr(trainer, 'train_and_evaluate', fake_train)
   rows = sweep.run_sweep(sweep_config, str(workdir))
   assert trained == [(0.01, str(workdir / names[1]))]
-  assert [r['status'] for r in rows] == ['skipped', 'done'] and rows[1][
+  assert [r['status'] for r in rows] == ['done', 'done'] and rows[1][
       'test.accuracy'
   ] == 0.5
 
@@ -255,3 +263,247 @@ def test_parallel_sweep_of_npz_files_through_main_py(make_sweep, tmp_path):
     assert config['dataset_configs']['path'] == path
     assert config['model']['patches']['size'] == [8, 8, 4]
     assert 0 <= row['test.accuracy'] <= 1 and 0 <= row['test.auc'] <= 1
+
+
+def _cli(sweep_config, workdir, *flags, env=None, stderr=subprocess.STDOUT):
+  """A `python -m vivit_flax.sweep` process (its stdout, and by default stderr too, in
+  .communicate()[0])."""
+  return subprocess.Popen(
+      [
+          sys.executable,
+          '-m',
+          'vivit_flax.sweep',
+          f'--config={sweep_config}',
+          f'--workdir={workdir}',
+          *flags,
+      ],
+      cwd=REPO,
+      env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2', **(env or {})},
+      stdout=subprocess.PIPE,
+      stderr=stderr,
+      text=True,
+  )
+
+
+def _finish(proc, timeout=300):
+  """(exit status, output) of a _cli process."""
+  output = proc.communicate(timeout=timeout)[0]
+  return proc.returncode, output
+
+
+def _fake_results(workdir, name, accuracy, loss):
+  """A finished point: its results.json and point.json, nothing trained."""
+  point_dir = os.path.join(workdir, name)
+  sweep_results.record_start(point_dir, 0, {'rng_seed': 3})
+  sweep_results.write_atomic(  # As the trainer writes it.
+      os.path.join(point_dir, 'results.json'),
+      json.dumps(
+          {
+              'validation': {'accuracy': accuracy, 'loss': loss},
+              'test': {'accuracy': 1 - accuracy, 'loss': 2.0},
+          }
+      ),
+  )
+
+
+LR_BY_SEED = (
+    "hyper.product([hyper.sweep('config.lr_configs.base_learning_rate', "
+    "[0.001, 0.01]), hyper.sweep('config.rng_seed', [0, 1])])"
+)
+
+
+def test_list_is_stable_across_calls_and_process_counts(make_sweep, tmp_path):
+  sweep_config, workdir = make_sweep(LR_BY_SEED), tmp_path / 'sweep'
+  listing = sweep.listing(sweep.load(sweep_config))
+  lines = listing.splitlines()
+  assert lines[0] == '4' and len(lines) == 5
+  assert lines[2] == (
+      '1\tbase_learning_rate=0.001,rng_seed=1\t'
+      '{"lr_configs.base_learning_rate": 0.001, "rng_seed": 1}'
+  )
+  # Another process, with one device instead of eight, inside a (fake) 2-task SLURM step,
+  # another hash seed, and a point finished meanwhile: the same text.
+  _fake_results(str(workdir), 'base_learning_rate=0.01,rng_seed=0', 0.5, 1.0)
+  proc = _cli(
+      sweep_config,
+      workdir,
+      '--list',
+      env={
+          'XLA_FLAGS': '--xla_force_host_platform_device_count=1',
+          'SLURM_NTASKS': '2',
+          'PYTHONHASHSEED': '7',
+      },
+      stderr=subprocess.PIPE,
+  )
+  output, errors = proc.communicate(timeout=300)
+  assert proc.returncode == 0, errors[-3000:]
+  assert output == listing + '\n'
+  assert sweep.listing(sweep.load(sweep_config)) == listing
+
+
+def test_point_processes_then_collect_give_the_local_sweep_table(
+    make_sweep, tmp_path
+):
+  """Two `--point` processes started together; the table they leave, and --collect's, equal
+  a local sweep's; --select names the best point on validation and its main.py command.
+  """
+  sweep_config = make_sweep()
+  tasks, local = tmp_path / 'tasks', tmp_path / 'local'
+  procs = [_cli(sweep_config, tasks, f'--point={k}') for k in (1, 0)]
+  for proc in procs:
+    code, output = _finish(proc)
+    assert code == 0, output[-3000:]
+  left_by_tasks = (tasks / 'results.csv').read_text()
+  the_sweep = sweep.load(sweep_config)
+  rows = sweep.collect(the_sweep, str(tasks))
+  assert [r['status'] for r in rows] == ['done', 'done']
+  sweep.run_sweep(sweep_config, str(local))
+  assert left_by_tasks == (tasks / 'results.csv').read_text()
+  assert left_by_tasks == (local / 'results.csv').read_text()
+  assert (tasks / 'results.md').read_text() == (
+      local / 'results.md'
+  ).read_text()
+
+  accuracies = {
+      r['name']: sweep_results.results(str(tasks / r['name']))['validation'][
+          'accuracy'
+      ]
+      for r in rows
+  }
+  best = max(accuracies, key=accuracies.get)  # the first of equals, as --select
+  text = sweep.selection(the_sweep, str(tasks), 'validation.accuracy')
+  assert text.splitlines()[0] == (
+      'Best of 2/2 finished points on validation.accuracy (highest): ' + best
+  )
+  assert text.splitlines()[-1].endswith(
+      f'--workdir={tasks / best} '
+      f'--config.lr_configs.base_learning_rate={best.split("=")[1]}'
+  )
+
+
+def test_a_point_stopped_or_killed_mid_run_resumes_when_rerun(
+    make_sweep, tmp_path
+):
+  sweep_config, workdir = make_sweep(), tmp_path / 'sweep'
+  point_dir = str(workdir / 'base_learning_rate=0.001')
+  steps = 20
+  flags = (
+      '--config.checkpoint=True',
+      '--config.checkpoint_steps=1',
+      f'--config.num_training_steps={steps}',
+  )
+  # The reruns load the first run's compiled steps.
+  cache = {
+      'JAX_COMPILATION_CACHE_DIR': str(tmp_path / 'jax_cache'),
+      'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+  }
+  # SIGTERM (a scheduler's warning): a checkpoint, exit status 75, point 1 never started.
+  proc = _cli(sweep_config, workdir, '--point=0,1', *flags, env=cache)
+  wait_for_checkpoint(proc, point_dir, 1)
+  proc.send_signal(signal.SIGTERM)
+  code, output = _finish(proc)
+  assert code == sweep.PREEMPTED_EXIT_CODE, output[-3000:]
+  rows = sweep.collect(sweep.load(sweep_config), str(workdir))
+  assert [r['status'] for r in rows] == ['unfinished', 'not run']
+  # SIGKILL, later on: the rerun resumes from the newest checkpoint.
+  proc = _cli(sweep_config, workdir, '--point=0', *flags, env=cache)
+  wait_for_checkpoint(proc, point_dir, finished_steps(point_dir)[-1] + 2)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  killed_at = finished_steps(point_dir)[-1]
+  assert killed_at < steps
+  code, output = _finish(
+      _cli(sweep_config, workdir, '--point=0', *flags, env=cache)
+  )
+  assert code == 0, output[-3000:]
+  assert f'Resuming from the checkpoint of step {killed_at}' in output
+  rows = sweep.collect(sweep.load(sweep_config), str(workdir))
+  assert [r['status'] for r in rows] == ['done', 'not run']
+
+
+def test_a_failing_point_is_reported_as_failed(make_sweep, tmp_path):
+  missing = str(tmp_path / 'missing.npz')
+  sweep_config = make_sweep(
+      "hyper.sweep('config.dataset_configs.path', "
+      f"[{str(tmp_path / 'float_clips.npz')!r}, {missing!r}])"
+  )
+  the_sweep, workdir = sweep.load(sweep_config), str(tmp_path / 'sweep')
+  statuses = sweep.train_points(the_sweep, workdir, [1])
+  assert statuses[1].startswith('failed: ') and missing in statuses[1]
+  rows = sweep.collect(the_sweep, workdir)
+  assert [r['status'] for r in rows] == ['not run', statuses[1]]
+  assert sweep_results.summary(rows) == (
+      f'1 not run: {rows[0]["name"]}\n1 failed: {rows[1]["name"]}'
+  )
+  # A retry clears the marker when it starts.
+  sweep_results.record_start(os.path.join(workdir, rows[1]['name']), 1, {})
+  assert sweep_results.status(os.path.join(workdir, rows[1]['name'])) == (
+      'unfinished'
+  )
+
+
+def test_select_chooses_on_validation(tmp_path):
+  workdir, names = str(tmp_path), ['a', 'b', 'c']
+  _fake_results(workdir, 'a', 0.5, 1.0)
+  _fake_results(workdir, 'b', 0.7, 1.2)
+  assert sweep_results.best(workdir, names, 'validation.accuracy')[0] == 'b'
+  assert sweep_results.best(workdir, names, 'validation.loss')[0] == 'a'
+  with pytest.raises(ValueError, match='choose on a validation score'):
+    sweep_results.best(workdir, names, 'test.accuracy')
+  with pytest.raises(
+      ValueError,
+      match='no finished point has this score; use one of '
+      'validation.accuracy, validation.loss',
+  ):
+    sweep_results.best(workdir, names, 'validation.auc')
+  with pytest.raises(ValueError, match='no point .* has finished'):
+    sweep_results.best(workdir, ['c'], 'validation.auc')
+
+
+def test_bad_input_ends_in_one_line_naming_the_fix(make_sweep, tmp_path):
+  sweep_config, workdir = make_sweep(), tmp_path / 'sweep'
+  _fake_results(str(workdir), 'base_learning_rate=0.001', 0.5, 1.0)
+  for flag, message in (
+      (
+          '--point=2',
+          "error: --point=2: '2' is not a point of this sweep; use 0 to 1 "
+          '(--list shows them).',
+      ),
+      (
+          '--select=validation.acc',
+          'error: --select=validation.acc: no finished point has this score; '
+          'use one of validation.accuracy, validation.loss.',
+      ),
+  ):
+    code, output = _finish(_cli(sweep_config, workdir, flag))
+    assert code == 1 and output.splitlines()[-1] == message, output[-3000:]
+    assert 'Traceback' not in output
+
+
+def test_tables_written_together_are_whole_and_end_complete(tmp_path):
+  """Tasks finishing at once each write the tables; a reader never sees a partial one and the
+  last table has every point."""
+  workdir, names = str(tmp_path), [f'p{i}' for i in range(8)]
+  points = [{'rng_seed': i} for i in range(8)]
+  csv_path, stop, seen = tmp_path / 'results.csv', threading.Event(), []
+
+  def finish(name):
+    _fake_results(workdir, name, 0.5, 1.0)
+    sweep_results.collect(workdir, names, points, ['validation.accuracy'])
+
+  def read():
+    while not stop.is_set():
+      if csv_path.exists():
+        with csv_path.open() as f:
+          seen.append(len(list(csv.DictReader(f))))
+
+  with concurrent.futures.ThreadPoolExecutor(len(names) + 1) as pool:
+    reader = pool.submit(read)
+    for task in [pool.submit(finish, name) for name in names]:
+      task.result()
+    stop.set()
+    reader.result()
+  assert seen and set(seen) == {8}
+  with csv_path.open() as f:
+    assert [r['status'] for r in csv.DictReader(f)] == ['done'] * 8
+  assert not [n for n in os.listdir(workdir) if '.tmp-' in n]
