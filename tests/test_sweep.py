@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from benchmarks.resume_stress import finished_steps, wait_for_checkpoint
-from vivit_flax import config_overrides, config_validation, model, sweep, sweep_results, trainer
+from vivit_flax import config_overrides, config_validation, files, model, sweep, sweep_results, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP_CONFIG = """
@@ -295,7 +295,7 @@ def _fake_results(workdir, name, accuracy, loss):
   """A finished point: its results.json and point.json, nothing trained."""
   point_dir = os.path.join(workdir, name)
   sweep_results.record_start(point_dir, 0, {'rng_seed': 3})
-  sweep_results.write_atomic(  # As the trainer writes it.
+  files.write_atomic(  # As the trainer writes it.
       os.path.join(point_dir, 'results.json'),
       json.dumps(
           {

@@ -391,20 +391,11 @@ def eval_step(state, batch, *, metrics_fn: Callable):
 
 
 def pmapped_steps(mae_model, config, learning_rate_fn, donate=True):
-  """The pmapped train step (train_utils.train_step over the reconstruction loss) and eval step
-  of masked pretraining, as `train_utils.pmapped_steps` builds them for classification.
-  """
-  config = default_config.with_defaults(config)
-  p_train_step = jax.pmap(
-      functools.partial(
-          train_utils.train_step,
-          loss_fn=mae_model.loss_function,
-          metrics_fn=mae_model.get_metrics_fn('train'),
-          learning_rate_fn=learning_rate_fn,
-          ema_decay=config.ema_decay,
-      ),
-      axis_name=train_utils.AXIS_NAME,
-      donate_argnums=(0,) if donate else (),
+  """The pmapped train step (train_utils.pmapped_train_step over the reconstruction loss) and
+  eval step of masked pretraining, as `train_utils.pmapped_steps` builds them for
+  classification."""
+  p_train_step = train_utils.pmapped_train_step(
+      mae_model, config, learning_rate_fn, donate
   )
   p_eval_step = jax.pmap(
       functools.partial(

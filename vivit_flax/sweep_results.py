@@ -15,21 +15,12 @@ import io
 import json
 import math
 import os
-import uuid
 from typing import Any, Sequence
+
+from vivit_flax import files
 
 RESULTS, FAILED, POINT = 'results.json', 'failed.json', 'point.json'
 DONE, UNFINISHED, NOT_RUN = 'done', 'unfinished', 'not run'
-
-
-def write_atomic(path: str, text: str) -> None:
-  """Writes `path` through a temporary file of a name no other writer uses, renamed over it:
-  readers, and writers of the same file at the same moment (tasks of one sweep finishing
-  together), only ever see one whole version."""
-  temporary = f'{path}.tmp-{uuid.uuid4().hex}'
-  with open(temporary, 'w', newline='') as f:
-    f.write(text)
-  os.replace(temporary, path)
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
@@ -48,7 +39,7 @@ def record_start(point_dir: str, index: int, overrides: dict[str, Any]) -> None:
   """Marks the point started: writes point.json (its index and every override it trains with)
   and removes the failure marker of an earlier try."""
   os.makedirs(point_dir, exist_ok=True)
-  write_atomic(
+  files.write_atomic(
       os.path.join(point_dir, POINT),
       json.dumps({'index': index, 'overrides': overrides}, indent=2),
   )
@@ -59,7 +50,7 @@ def record_start(point_dir: str, index: int, overrides: dict[str, Any]) -> None:
 def record_failure(point_dir: str, error: str) -> str:
   """Writes the point's failure marker; returns its status ('failed: <first line of error>')."""
   os.makedirs(point_dir, exist_ok=True)
-  write_atomic(
+  files.write_atomic(
       os.path.join(point_dir, FAILED), json.dumps({'error': error}, indent=2)
   )
   return failed_status(error)
@@ -170,7 +161,7 @@ def collect(
     if texts == written:
       return table
     for name, text in zip(('results.csv', 'results.md'), texts):
-      write_atomic(os.path.join(workdir, name), text)
+      files.write_atomic(os.path.join(workdir, name), text)
     written = texts
 
 

@@ -389,15 +389,12 @@ def eval_step(
   return metrics_fn(logits, batch), jax.lax.all_gather(outputs, AXIS_NAME)
 
 
-def pmapped_steps(model, config, learning_rate_fn, donate=True):
-  """The train and eval steps of `model` (a ViViTClassificationModel) for `config`, pmapped
-  over the local devices along AXIS_NAME: `p_train_step(state, batch) -> (state, metrics)`
-  and `p_eval_step(state, batch) -> (metrics, predictions)` (see eval_step).
-
-  The train step donates the state's buffers unless `donate=False`.
-  """
+def pmapped_train_step(model, config, learning_rate_fn, donate=True):
+  """`train_step` over the loss and metrics of `model` (a Scenic-style model: loss_function,
+  get_metrics_fn), pmapped along AXIS_NAME: `p_train_step(state, batch) -> (state, metrics)`.
+  It donates the state's buffers unless `donate=False`."""
   config = default_config.with_defaults(config)
-  p_train_step = jax.pmap(
+  return jax.pmap(
       functools.partial(
           train_step,
           loss_fn=model.loss_function,
@@ -408,6 +405,15 @@ def pmapped_steps(model, config, learning_rate_fn, donate=True):
       axis_name=AXIS_NAME,
       donate_argnums=(0,) if donate else (),
   )
+
+
+def pmapped_steps(model, config, learning_rate_fn, donate=True):
+  """The train and eval steps of `model` (a ViViTClassificationModel) for `config`, pmapped
+  over the local devices along AXIS_NAME: `pmapped_train_step`, and
+  `p_eval_step(state, batch) -> (metrics, predictions)` (see eval_step).
+  """
+  config = default_config.with_defaults(config)
+  p_train_step = pmapped_train_step(model, config, learning_rate_fn, donate)
   p_eval_step = jax.pmap(
       functools.partial(
           eval_step,

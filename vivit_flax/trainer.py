@@ -21,7 +21,7 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from flax import jax_utils
 
-from vivit_flax import checkpoints, datasets, default_config, evaluation, masked_pretraining, model, pretrained, train_utils
+from vivit_flax import checkpoints, datasets, default_config, evaluation, files, masked_pretraining, model, pretrained, train_utils
 from vivit_flax.config_checks import check_choice, check_positive
 
 # Scenic's name for the trainer of its ViViT project, and masked pretraining's.
@@ -412,7 +412,7 @@ class Trainer:
     if self.best_manager is not None:
       results['best'] = self.best_results(state, results['test'])
     if self.is_chief:
-      _write_atomic(
+      files.write_atomic(
           os.path.join(self.workdir, 'results.json'),
           json.dumps(results, indent=2),
       )
@@ -441,14 +441,6 @@ class Trainer:
       )
     logging.info('best (step %d): test %s', step, json.dumps(test))
     return {'step': step, 'validation': self.best['validation'], 'test': test}
-
-
-def _write_atomic(path: str, text: str) -> None:
-  """Writes `path` through a temporary file renamed over it: a crash or a full disk leaves the
-  previous version whole."""
-  with open(f'{path}.tmp', 'w') as f:
-    f.write(text)
-  os.replace(f'{path}.tmp', path)
 
 
 def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
@@ -494,7 +486,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
         ', '.join(changed),
     )
   os.makedirs(workdir, exist_ok=True)
-  _write_atomic(path, text)
+  files.write_atomic(path, text)
 
 
 def train_and_evaluate(

@@ -13,9 +13,10 @@ import argparse
 import hashlib
 import io
 import os
-import tempfile
 
 import numpy as np
+
+from vivit_flax import files
 
 FILE_NAME = 'synthetic3d.npz'
 LABEL_NAMES = (
@@ -207,21 +208,6 @@ def generate(
   return out
 
 
-def _write_atomic(path, data):
-  fd, tmp = tempfile.mkstemp(
-      dir=os.path.dirname(path),
-      prefix=os.path.basename(path) + '.',
-      suffix='.tmp',
-  )
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    os.remove(tmp)
-    raise
-
-
 def write(path, seed=0, **split_sizes):
   """Generates the set and writes it to `path` (.npz) plus `<path>.md5`, each atomically; returns the MD5."""
   path = os.path.abspath(os.path.expanduser(path))
@@ -231,8 +217,10 @@ def write(path, seed=0, **split_sizes):
   data = buf.getvalue()
   md5 = hashlib.md5(data).hexdigest()
   # The sidecar goes first: whoever sees the .npz (another process, say) also finds its MD5.
-  _write_atomic(path + '.md5', f'{md5}  {os.path.basename(path)}\n'.encode())
-  _write_atomic(path, data)
+  files.write_atomic(
+      path + '.md5', f'{md5}  {os.path.basename(path)}\n'.encode()
+  )
+  files.write_atomic(path, data)
   return md5
 
 
