@@ -349,3 +349,19 @@ def test_a_pretraining_run_is_not_served_as_a_classifier(pretrained_run):
   workdir, _, _ = pretrained_run
   with pytest.raises(ValueError, match='fine-tune it first'):
     inference.load_predictor(workdir)
+
+
+def test_reconstruction_floors_of_a_run(pretrained_run):
+  from benchmarks import reconstruction_floors  # pylint: disable=g-import-not-at-top
+
+  workdir, _, _ = pretrained_run
+  config = inference.load_config(workdir)
+  floors = reconstruction_floors.floors(config)
+  splits, _ = datasets.load_splits(config)
+  volumes = splits['validation'][0].astype(np.float32) / 255.0
+  tokens = volumes.reshape(40, 4, 7, 4, 7, 4, 7).transpose(0, 1, 3, 5, 2, 4, 6)
+  tokens = tokens.reshape(40, 64, 343)
+  std = np.sqrt(tokens.var(-1, keepdims=True) + 1e-6)
+  normalised = (tokens - tokens.mean(-1, keepdims=True)) / std
+  assert floors['zeros'] == pytest.approx(np.mean(normalised**2), rel=1e-4)
+  assert 0 < floors['position_prior'] < floors['zeros']
