@@ -21,8 +21,6 @@ from absl import app, flags
 from vivit_flax import datasets, inference, masked_pretraining
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Workdir of a masked-pretraining run.')
-flags.mark_flags_as_required(['workdir'])
 
 
 def token_targets(config, images: np.ndarray) -> np.ndarray:
@@ -71,4 +69,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Defined here, not on import, so the tests can import `floors` beside other benchmarks that
+  # define a --workdir of their own.
+  flags.DEFINE_string('workdir', None, 'Workdir of a masked-pretraining run.')
+  flags.mark_flags_as_required(['workdir'])
   app.run(main)
