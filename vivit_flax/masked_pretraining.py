@@ -339,7 +339,7 @@ class ViViTMaskedAutoencoderModel(model.ViViTClassificationModel):
     """Mean squared error over the masked tokens' voxels, averaged over the examples weighted by
     batch['batch_mask'] (plus config.l2_decay_factor's term when set)."""
     error = _per_example_error(outputs)
-    weights = _weights(batch, error)
+    weights = model.per_example_weights(batch, error)
     loss = jnp.sum(error * weights) / jnp.maximum(jnp.sum(weights), 1e-8)
     if self.config.l2_decay_factor:
       loss += (
@@ -356,7 +356,7 @@ class ViViTMaskedAutoencoderModel(model.ViViTClassificationModel):
 
     def metrics_fn(outputs: dict, batch: dict) -> dict:
       error = _per_example_error(outputs)
-      weights = _weights(batch, error)
+      weights = model.per_example_weights(batch, error)
       return {
           'loss': (
               jax.lax.psum(jnp.sum(error * weights), model.AXIS_NAME),
@@ -373,13 +373,6 @@ def _per_example_error(outputs: dict) -> jax.Array:
       outputs['predictions'].astype(jnp.float32) - outputs['targets']
   )
   return error.mean(axis=(1, 2))
-
-
-def _weights(batch: dict, error: jax.Array) -> jax.Array:
-  mask = batch.get('batch_mask')
-  if mask is None:
-    return jnp.ones_like(error)
-  return jnp.asarray(mask, jnp.float32)
 
 
 def eval_step(state, batch, *, metrics_fn: Callable):

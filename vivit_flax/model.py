@@ -936,7 +936,7 @@ class ViViTClassificationModel:
     class weight is 1.
     """
     one_hot = model_utils.as_one_hot(batch['label'], logits)
-    weights = _weights(batch, logits)
+    weights = per_example_weights(batch, logits)
     ce = model_utils.softmax_cross_entropy(
         logits, one_hot, self.config.label_smoothing
     )
@@ -970,7 +970,7 @@ class ViViTClassificationModel:
 
     def metrics_fn(logits: jax.Array, batch: dict) -> dict:
       one_hot = model_utils.as_one_hot(batch['label'], logits)
-      weights = _weights(batch, logits)
+      weights = per_example_weights(batch, logits)
       values = {'accuracy': model_utils.topk_correct(logits, one_hot, 1)}
       if with_top5:
         values['top_5_accuracy'] = model_utils.topk_correct(logits, one_hot, 5)
@@ -989,11 +989,12 @@ class ViViTClassificationModel:
     return metrics_fn
 
 
-def _weights(batch: dict, logits: jax.Array) -> jax.Array:
-  """Per-example weights: batch['batch_mask'], or ones without one."""
+def per_example_weights(batch: dict, outputs: jax.Array) -> jax.Array:
+  """Per-example weights: batch['batch_mask'], or ones for the examples of `outputs` [B, ...]
+  without one."""
   mask = batch.get('batch_mask')
   if mask is None:
-    return jnp.ones(logits.shape[:1], jnp.float32)
+    return jnp.ones(outputs.shape[:1], jnp.float32)
   return jnp.asarray(mask, jnp.float32)
 
 
