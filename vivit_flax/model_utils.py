@@ -146,10 +146,11 @@ def conv3d(
     x: jax.Array, kernel: jax.Array, stride: int = 1, padding: str = 'SAME'
 ) -> jax.Array:
   """Cubic 3D convolution of [B, T, H, W, C] with kernel [k, k, k, C, F],
-  equal strides and SAME or VALID padding, as the product of the k^3 shifted,
-  strided views of the (zero-padded) input with the kernel
-  (lax.conv_general_dilated's result)."""
-  b, t, h, w, c = x.shape
+  equal strides and SAME or VALID padding (lax.conv_general_dilated's result),
+  as one matrix product: the k^3 shifted, strided views of the (zero-padded)
+  input concatenated along the channels, [B, T', H', W', k^3 C], times the
+  kernel as a [k^3 C, F] matrix."""
+  t, h, w, c = x.shape[1:]
   k = kernel.shape[0]
   out = [stem_output_size(n, k, stride, padding) for n in (t, h, w)]
   if padding == 'SAME':
@@ -166,10 +167,8 @@ def conv3d(
       for j in range(k)
       for l in range(k)
   ]
-  return jnp.einsum(
-      'nbthwc,ncf->bthwf',
-      jnp.stack(views),
-      kernel.reshape(k**3, c, kernel.shape[-1]),
+  return jnp.concatenate(views, axis=-1) @ kernel.reshape(
+      k**3 * c, kernel.shape[-1]
   )
 
 
