@@ -26,11 +26,11 @@ validation AUC of each lever switched off alone is in benchmarks/RESULTS.md, "Ab
     smoothing, 40 epochs; the final checkpoint is served. Stochastic depth, an EMA of the
     parameters, flips, mixup, CutMix, Models 2-4, half the width, a 16-channel or 5^3 VALID stem,
     and flip or shift test-time augmentation were measured and left out (no validation gain).
+    Dropping weight decay and clipping together lowered the validation AUC of 3 seeds from 0.845
+    to 0.836 (benchmarks/RESULTS.md), so both stay.
   * Levers chosen since cross-validation (benchmarks/accuracy.py --folds=5) arrived are chosen by
     it, two seeds: 40 epochs rather than 20 (the recipe was under-fitted: training accuracy ended
     near validation's).
-    Dropping weight decay and clipping together lowered the validation AUC of 3 seeds from 0.845
-    to 0.836 (benchmarks/RESULTS.md), so both stay.
   * No masked-volume pretraining (configs/medmnist3d/vivit_mae_finetune.py runs it first): in the
     steps a CPU budget allows, its reconstruction loss did not reach a per-position prior and the
     fine-tune from it scored lower on validation (RESULTS.md, "Masked-volume pretraining").
