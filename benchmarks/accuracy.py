@@ -1,7 +1,9 @@
 r"""Accuracy of a recipe over several seeds: each seed trained by its own `python main.py` process
 (timed from launch to exit, compilation included), then the mean and standard deviation of the
 test and validation scores of the final and of the best-on-validation checkpoints, beside the
-trivial baselines' scores on the same data (benchmarks/baselines.py).
+trivial baselines' scores on the same data (benchmarks/baselines.py). Each seed's test scores are
+then recomputed through `inference.load_predictor(<workdir>/seed_<s>)`, and the run fails if what
+it serves differs from what training reported.
 
   python -m benchmarks.accuracy --config=configs/medmnist3d/vivit_recipe.py:adrenalmnist3d \
       --workdir=/tmp/acc_adrenal --seeds=0,1,2 [--set=model.num_layers=6 ...] [--jobs=2] [--folds=5]
@@ -31,7 +33,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import baselines, config_specs
-from vivit_flax import sweep
+from vivit_flax import datasets, evaluation, inference, sweep
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -69,6 +71,9 @@ METRICS = (
     ('test', 'auc'),
     ('validation', 'auc'),
 )
+# Largest difference between a served score and the reported one that counts as the same (float
+# rounding of the probabilities; one test volume moves accuracy by more than 1e-3).
+SERVED_TOLERANCE = 1e-4
 # With --folds: the held-out fold's scores; the test split is never read.
 FOLD_METRICS = (
     ('validation', 'accuracy'),
@@ -130,9 +135,45 @@ def train_seed(
     with open(timing_path) as f:
       timing = json.load(f)
   run = {'seed': seed, 'results': results, **timing}
-  if fold is not None:
+  if fold is None:
+    served = check_served(workdir, results)
+    if served is not None:
+      run['served'] = served
+  else:
     run['fold'] = fold
   return run
+
+
+def check_served(
+    workdir: str, results: dict[str, Any]
+) -> dict[str, float] | None:
+  """The test AUC and accuracy of `inference.load_predictor(workdir)` (the checkpoint it serves,
+  predicted as it serves it); raises if they differ from those training reported for it. None
+  when the run kept no checkpoint (config.checkpoint=False): nothing is served.
+  """
+  config = inference.load_config(workdir)
+  if not config.checkpoint:
+    return None
+  dataset = datasets.get_dataset(config, local_device_count=1)
+  images, labels = dataset.arrays('test')
+  probabilities = inference.in_batches(
+      inference.load_predictor(workdir), images, batch_size=64
+  )
+  served = {
+      'auc': evaluation.medmnist_auc(
+          labels, probabilities, dataset.meta_data['task']
+      ),
+      'accuracy': float(np.mean(probabilities.argmax(-1) == labels)),
+  }
+  reported = (results.get('best') or results)['test']
+  for metric, value in served.items():
+    if abs(value - reported[metric]) > SERVED_TOLERANCE:
+      raise RuntimeError(
+          f'load_predictor({workdir!r}) serves test {metric} {value:.4f}, but'
+          f' training reported {reported[metric]:.4f}: the checkpoint or config'
+          ' it loads is not the one evaluated.'
+      )
+  return served
 
 
 def run_baselines(
@@ -206,6 +247,7 @@ def summarize(
             'seed': run['seed'],
             **({'fold': run['fold']} if 'fold' in run else {}),
             'wall_seconds': run.get('wall_seconds'),
+            **({'served_test': run['served']} if 'served' in run else {}),
             'final': _scores(run['results'], 'final', splits, metrics),
             'best': _scores(run['results'], 'best', splits, metrics),
         }
@@ -244,6 +286,16 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(
         f'  baseline {name}: {_cells(baseline["scores"])} '
         f'({np.mean(baseline["seconds"]):.1f} s per fit)'
+    )
+  served = [r for r in runs if 'served_test' in r]
+  if served:
+    lines.append(
+        '  served by load_predictor(seed_<s>), as reported: '
+        + ', '.join(
+            f'seed {r["seed"]} test AUC {r["served_test"]["auc"]:.3f} ACC'
+            f' {r["served_test"]["accuracy"]:.3f}'
+            for r in served
+        )
     )
   walls = summary['wall_seconds_per_seed']
   if walls:

@@ -148,3 +148,45 @@ def test_folds_train_each_seed_and_fold_and_summarise_validation_only(
       == json.loads(summary)['runs']
   )
   assert (workdir / 'seed_0' / 'fold_0' / 'log.txt').stat().st_mtime == log
+
+
+def test_seeds_check_that_load_predictor_serves_the_reported_scores(
+    smoke_data_dir, tmp_path
+):
+  """Without --folds each seed's test scores are recomputed through load_predictor, and a
+  results.json that the served checkpoint does not reproduce fails the run."""
+  workdir = tmp_path / 'acc'
+  command = [
+      sys.executable,
+      '-m',
+      'benchmarks.accuracy',
+      '--config=configs/synthetic/vivit_smoke.py',
+      f'--workdir={workdir}',
+      '--seeds=0',
+      f'--set=dataset_configs.data_dir={smoke_data_dir}',
+      '--set=num_training_steps=2',
+      '--set=log_eval_steps=100',
+      '--set=write_summary=False',
+  ]
+  run = subprocess.run(
+      command, cwd=REPO, capture_output=True, text=True, check=False
+  )
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert 'served by load_predictor(seed_<s>), as reported: seed 0' in run.stdout
+  (served,) = [
+      r['served_test']
+      for r in json.loads((workdir / 'summary.json').read_text())['runs']
+  ]
+  results_path = workdir / 'seed_0' / 'results.json'
+  results = json.loads(results_path.read_text())
+  for metric in ('auc', 'accuracy'):
+    assert abs(served[metric] - results['test'][metric]) <= 1e-4
+  results['test']['auc'] = served['auc'] + 0.01
+  results_path.write_text(json.dumps(results))
+  rerun = subprocess.run(
+      command, cwd=REPO, capture_output=True, text=True, check=False
+  )
+  assert rerun.returncode != 0
+  assert (
+      'serves test auc' in rerun.stderr and 'training reported' in rerun.stderr
+  )
