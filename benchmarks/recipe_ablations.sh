@@ -2,14 +2,19 @@
 # The ablation table of benchmarks/RESULTS.md ("Ablations"): from the shipped recipe, each lever
 # switched off (or, for a lever the recipe leaves out, on) alone, seeds 0 and 1 trained two at a
 # time, one core each; each prints its validation summary (the test split is not read). Run from anywhere:
-#   bash benchmarks/recipe_ablations.sh [name ...]      (default: every row; ROOT=/tmp/acc)
+#   bash benchmarks/recipe_ablations.sh [name ...]      (default: every row; ROOT=/tmp/acc, or /tmp/acc_cv5)
+# FOLDS=5 cross-validates each row instead (train + validation pooled, 5 folds x 2 seeds: what
+# issue 21 asks of the final recipe's levers); compare rows fold by fold with ROOT's abl_recipe.
 set -eu
 cd "$(dirname "$0")/.."
-ROOT=${ROOT:-/tmp/acc}
+ROOT=${ROOT:-/tmp/acc${FOLDS:+_cv$FOLDS}}
 PY=${PYTHON:-python}
 RECIPE=configs/medmnist3d/vivit_recipe.py:adrenalmnist3d
 declare -A SET=(
   [recipe]=''
+  [no_stem]='model.stem.features=() model.stem.strides=()'
+  [gap]='model.classifier=gap'  # the mean over tokens instead of MAP pooling
+  [no_shifts]='dataset_configs.augmentation.max_shift=0'
   [no_label_smoothing]='label_smoothing=0.0'
   [no_weight_decay]='optimizer_configs.weight_decay=0.0'
   [no_clipping]='max_grad_norm=1e9'  # a threshold never reached
@@ -22,13 +27,13 @@ declare -A SET=(
   [cutmix]='dataset_configs.augmentation.cutmix_alpha=1.0'
   [narrow]='model.hidden_size=64 model.mlp_dim=128'  # half the width (twice the width: 3-4x the time)
 )
-ORDER=(no_label_smoothing no_weight_decay no_clipping constant_lr flips mixup cutmix factorized_encoder
+ORDER=(no_stem gap no_shifts no_label_smoothing no_weight_decay no_clipping constant_lr flips mixup cutmix factorized_encoder
        factorized_self_attention factorized_dot_product narrow recipe)
 for name in "${@:-${ORDER[@]}}"; do
   sets=()
   for override in ${SET[$name]}; do sets+=("--set=$override"); done
   echo "== $name: ${SET[$name]}"
   $PY -m benchmarks.accuracy --config=$RECIPE --workdir="$ROOT/abl_$name" --seeds=0,1 --jobs=2 \
-    --splits=validation \
+    --splits=validation ${FOLDS:+--folds=$FOLDS} \
     "${sets[@]}" || echo "== $name FAILED"
 done
