@@ -13,6 +13,26 @@ from benchmarks import accuracy
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _run_accuracy(workdir, smoke_data_dir, *flags):
+  """benchmarks.accuracy on the synthetic smoke set, a couple of steps per run, seed 0."""
+  command = [
+      sys.executable,
+      '-m',
+      'benchmarks.accuracy',
+      '--config=configs/synthetic/vivit_smoke.py',
+      f'--workdir={workdir}',
+      '--seeds=0',
+      f'--set=dataset_configs.data_dir={smoke_data_dir}',
+      '--set=num_training_steps=2',
+      '--set=log_eval_steps=100',
+      '--set=write_summary=False',
+      *flags,
+  ]
+  return subprocess.run(
+      command, cwd=REPO, capture_output=True, text=True, check=False
+  )
+
+
 def _results(test_auc, best_test_auc):
   scores = lambda auc: {'accuracy': 0.8, 'balanced_accuracy': 0.6, 'auc': auc}
   return {
@@ -103,22 +123,8 @@ def test_folds_train_each_seed_and_fold_and_summarise_validation_only(
 ):
   """benchmarks.accuracy --folds=2 end to end: a few steps per fold on the synthetic set."""
   workdir = tmp_path / 'acc'
-  command = [
-      sys.executable,
-      '-m',
-      'benchmarks.accuracy',
-      '--config=configs/synthetic/vivit_smoke.py',
-      f'--workdir={workdir}',
-      '--seeds=0',
-      '--folds=2',
-      f'--set=dataset_configs.data_dir={smoke_data_dir}',
-      '--set=num_training_steps=2',
-      '--set=log_eval_steps=100',
-      '--set=write_summary=False',
-      '--set=checkpoint=False',
-  ]
-  run = subprocess.run(
-      command, cwd=REPO, capture_output=True, text=True, check=False
+  run = _run_accuracy(
+      workdir, smoke_data_dir, '--folds=2', '--set=checkpoint=False'
   )
   assert run.returncode == 0, run.stderr[-3000:]
   # No test score: no 'test.<metric>' (the tmp_path holds 'pytest').
@@ -139,8 +145,8 @@ def test_folds_train_each_seed_and_fold_and_summarise_validation_only(
     validated += results['validation']['num_examples']
   assert validated == 128 + 40  # The folds share out train + validation.
   log = (workdir / 'seed_0' / 'fold_0' / 'log.txt').stat().st_mtime
-  rerun = subprocess.run(
-      command, cwd=REPO, capture_output=True, text=True, check=False
+  rerun = _run_accuracy(
+      workdir, smoke_data_dir, '--folds=2', '--set=checkpoint=False'
   )
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert (
@@ -156,21 +162,7 @@ def test_seeds_check_that_load_predictor_serves_the_reported_scores(
   """Without --folds each seed's test scores are recomputed through load_predictor, and a
   results.json that the served checkpoint does not reproduce fails the run."""
   workdir = tmp_path / 'acc'
-  command = [
-      sys.executable,
-      '-m',
-      'benchmarks.accuracy',
-      '--config=configs/synthetic/vivit_smoke.py',
-      f'--workdir={workdir}',
-      '--seeds=0',
-      f'--set=dataset_configs.data_dir={smoke_data_dir}',
-      '--set=num_training_steps=2',
-      '--set=log_eval_steps=100',
-      '--set=write_summary=False',
-  ]
-  run = subprocess.run(
-      command, cwd=REPO, capture_output=True, text=True, check=False
-  )
+  run = _run_accuracy(workdir, smoke_data_dir)
   assert run.returncode == 0, run.stderr[-3000:]
   assert 'served by load_predictor(seed_<s>), as reported: seed 0' in run.stdout
   (served,) = [
@@ -183,9 +175,7 @@ def test_seeds_check_that_load_predictor_serves_the_reported_scores(
     assert abs(served[metric] - results['test'][metric]) <= 1e-4
   results['test']['auc'] = served['auc'] + 0.01
   results_path.write_text(json.dumps(results))
-  rerun = subprocess.run(
-      command, cwd=REPO, capture_output=True, text=True, check=False
-  )
+  rerun = _run_accuracy(workdir, smoke_data_dir)
   assert rerun.returncode != 0
   assert (
       'serves test auc' in rerun.stderr and 'training reported' in rerun.stderr
