@@ -247,7 +247,11 @@ def summarize(
             'seed': run['seed'],
             **({'fold': run['fold']} if 'fold' in run else {}),
             'wall_seconds': run.get('wall_seconds'),
-            **({'served_test': run['served']} if 'served' in run else {}),
+            **(
+                {'served_test': run['served']}
+                if 'served' in run and 'test' in splits
+                else {}
+            ),
             'final': _scores(run['results'], 'final', splits, metrics),
             'best': _scores(run['results'], 'best', splits, metrics),
         }

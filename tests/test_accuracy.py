@@ -75,8 +75,12 @@ def test_runs_without_a_best_checkpoint_report_final_scores_as_best():
 
 
 def test_validation_only_summary_leaves_the_test_split_out():
+  served = {
+      'auc': 0.8,
+      'accuracy': 0.8,
+  }  # Checked against results.json, not shown.
   summary = accuracy.summarize(
-      [{'seed': 0, 'results': _results(0.8, 0.9)}],
+      [{'seed': 0, 'results': _results(0.8, 0.9), 'served': served}],
       'cfg.py',
       [],
       1,
@@ -85,6 +89,7 @@ def test_validation_only_summary_leaves_the_test_split_out():
   assert list(summary['final']) == ['validation.auc']
   assert list(summary['best']) == ['validation.auc']
   assert 'test' not in accuracy.format_summary(summary)
+  assert 'test' not in json.dumps(summary)
 
 
 def test_fold_summary_never_holds_test_scores():
