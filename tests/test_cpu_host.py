@@ -65,6 +65,19 @@ def test_set_cpu_device_count_gives_jax_that_many_devices():
   assert _run(code, env=env).split() == ['3', 'cpu']
 
 
+@pytest.mark.skipif(
+    not hasattr(os, 'sched_getaffinity'), reason='no CPU affinity here'
+)
+def test_set_cpu_device_count_defaults_to_the_cores_the_process_may_use():
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  code = (
+      'import os, jax; from vivit_flax import cpu_host; '
+      'os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); '
+      'cpu_host.set_cpu_device_count(None); print(jax.local_device_count())'
+  )
+  assert _run(code, env=env).strip() == '1'
+
+
 def test_set_cpu_device_count_leaves_a_count_forced_by_xla_flags():
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=5')
   code = (

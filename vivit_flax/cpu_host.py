@@ -26,7 +26,7 @@ _FORCED_DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
 
 
 def set_cpu_device_count(count: Optional[int]) -> None:
-  """Asks JAX for `count` CPU devices (None: one per core).
+  """Asks JAX for `count` CPU devices (None: one per core this process may run on).
 
   Must run before JAX initialises its backends. Leaves the count alone when
   XLA_FLAGS already forces one (as the tests do); the CPU backend is only the
@@ -41,7 +41,15 @@ def set_cpu_device_count(count: Optional[int]) -> None:
     return
   import jax  # pylint: disable=g-import-not-at-top
 
-  jax.config.update('jax_num_cpu_devices', count or os.cpu_count() or 1)
+  jax.config.update('jax_num_cpu_devices', count or usable_core_count())
+
+
+def usable_core_count() -> int:
+  """The CPU cores this process may run on: its affinity mask (`taskset`, a
+  cluster's cgroup), not every core of the machine."""
+  if hasattr(os, 'sched_getaffinity'):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
 
 
 def keep_freed_memory() -> bool:
