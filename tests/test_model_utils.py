@@ -1,6 +1,8 @@
 """Tests for vivit_flax.model_utils: token grids, frame sampling, tubelet
 initialisers, the 3D sin-cos embedding and attention along one axis."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -237,3 +239,53 @@ def test_classification_helpers():
   )
   params = {'w': jnp.ones((2, 3)), 'b': [jnp.array([2.0])]}
   np.testing.assert_allclose(model_utils.l2_norm_squared(params), 10.0)
+
+
+def _lax_conv3d(x, kernel, stride, padding):
+  return jax.lax.conv_general_dilated(
+      x,
+      kernel,
+      (stride,) * 3,
+      padding,
+      dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'),
+  )
+
+
+@pytest.mark.parametrize(
+    'channels, size, kernel_size, stride, padding',
+    [
+        (1, 9, 3, 1, 'SAME'),  # single channel: the weighted view sum
+        (1, 10, 3, 2, 'SAME'),
+        (1, 9, 5, 2, 'VALID'),
+        (3, 9, 3, 1, 'SAME'),  # several: the concatenated product
+        (3, 10, 3, 2, 'VALID'),
+    ],
+)
+def test_conv3d_and_its_gradients_match_lax_convolution(
+    channels, size, kernel_size, stride, padding
+):
+  x = jax.random.normal(
+      jax.random.PRNGKey(0), (2, size, size - 1, size, channels)
+  )
+  kernel = jax.random.normal(
+      jax.random.PRNGKey(1), (kernel_size,) * 3 + (channels, 4)
+  )
+  probe = jax.random.normal(
+      jax.random.PRNGKey(2), _lax_conv3d(x, kernel, stride, padding).shape
+  )
+
+  def loss(conv, x, kernel):
+    return jnp.sum(jnp.tanh(conv(x, kernel, stride, padding)) * probe)
+
+  np.testing.assert_allclose(
+      model_utils.conv3d(x, kernel, stride, padding),
+      _lax_conv3d(x, kernel, stride, padding),
+      atol=1e-4,
+      rtol=1e-4,
+  )
+  got = jax.jit(jax.grad(functools.partial(loss, model_utils.conv3d), (0, 1)))(
+      x, kernel
+  )
+  want = jax.grad(functools.partial(loss, _lax_conv3d), (0, 1))(x, kernel)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, atol=1e-4, rtol=1e-4)

@@ -299,9 +299,8 @@ class ConvStem(nn.Module):
   a cubic convolution of `kernel_size` with stride `strides[i]`, `padding`
   'SAME' or 'VALID', and a ReLU. Every token then embeds local shape features
   of its tubelet and of the voxels around it, not only a linear map of its own
-  voxels. The convolution is computed as one product of the shifted views
-  concatenated along the channels with the kernel (model_utils.conv3d), which
-  XLA:CPU runs faster than its own 3D convolution.
+  voxels. The convolution is model_utils.conv3d, written in the forms XLA:CPU
+  runs faster than its own 3D convolution.
   """
 
   features: tuple[int, ...]

@@ -2,6 +2,7 @@
 kernel initialisers, the fixed 3D sin-cos position embedding, attention along
 one axis of a token grid, and the weighted classification losses/metrics."""
 
+import functools
 from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
@@ -142,21 +143,18 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
   return total // 2, total - total // 2
 
 
-def conv3d(
-    x: jax.Array, kernel: jax.Array, stride: int = 1, padding: str = 'SAME'
-) -> jax.Array:
-  """Cubic 3D convolution of [B, T, H, W, C] with kernel [k, k, k, C, F],
-  equal strides and SAME or VALID padding (lax.conv_general_dilated's result),
-  as one matrix product: the k^3 shifted, strided views of the (zero-padded)
-  input concatenated along the channels, [B, T', H', W', k^3 C], times the
-  kernel as a [k^3 C, F] matrix."""
-  t, h, w, c = x.shape[1:]
-  k = kernel.shape[0]
+def _shifted_views(
+    x: jax.Array, k: int, stride: int, padding: str
+) -> list[jax.Array]:
+  """The k^3 shifted, strided views of [B, T, H, W, C] (zero-padded for SAME),
+  each [B, T', H', W', C]: view (i, j, l) holds, at every output voxel, the
+  input voxel under kernel tap (i, j, l)."""
+  t, h, w = x.shape[1:4]
   out = [stem_output_size(n, k, stride, padding) for n in (t, h, w)]
   if padding == 'SAME':
     pads = [same_padding(n, k, stride) for n in (t, h, w)]
     x = jnp.pad(x, [(0, 0)] + pads + [(0, 0)])
-  views = [
+  return [
       x[
           :,
           i : i + (out[0] - 1) * stride + 1 : stride,
@@ -167,9 +165,69 @@ def conv3d(
       for j in range(k)
       for l in range(k)
   ]
-  return jnp.concatenate(views, axis=-1) @ kernel.reshape(
-      k**3 * c, kernel.shape[-1]
+
+
+def _weighted_view_sum(
+    x: jax.Array, kernel: jax.Array, stride: int, padding: str
+) -> jax.Array:
+  """Convolution of single-channel [B, T, H, W, 1] as the sum of its shifted
+  views, each times its tap's F weights: one elementwise loop in XLA."""
+  k = kernel.shape[0]
+  taps = kernel.reshape(k**3, kernel.shape[-1])
+  terms = [
+      view * tap
+      for view, tap in zip(_shifted_views(x, k, stride, padding), taps)
+  ]
+  return functools.reduce(jnp.add, terms)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _single_channel_conv3d(
+    x: jax.Array, kernel: jax.Array, stride: int, padding: str
+) -> jax.Array:
+  return _weighted_view_sum(x, kernel, stride, padding)
+
+
+def _single_channel_conv3d_forward(x, kernel, stride, padding):
+  return _weighted_view_sum(x, kernel, stride, padding), (x, kernel)
+
+
+def _single_channel_conv3d_backward(stride, padding, residuals, grad):
+  """The kernel's gradient as one product: the shifted views stacked on a
+  leading axis, [k^3, N] (N = output voxels of the batch), times the output
+  gradient [N, F]. The input's gradient is that of the weighted sum (XLA drops
+  it where nothing asks for it, as for the stem's input volumes)."""
+  x, kernel = residuals
+  k, features = kernel.shape[0], kernel.shape[-1]
+  views = jnp.stack(_shifted_views(x, k, stride, padding)).reshape(k**3, -1)
+  kernel_grad = views @ grad.reshape(-1, features)
+  _, input_vjp = jax.vjp(
+      lambda inputs: _weighted_view_sum(inputs, kernel, stride, padding), x
   )
+  return input_vjp(grad)[0], kernel_grad.reshape(kernel.shape)
+
+
+_single_channel_conv3d.defvjp(
+    _single_channel_conv3d_forward, _single_channel_conv3d_backward
+)
+
+
+def conv3d(
+    x: jax.Array, kernel: jax.Array, stride: int = 1, padding: str = 'SAME'
+) -> jax.Array:
+  """Cubic 3D convolution of [B, T, H, W, C] with kernel [k, k, k, C, F],
+  equal strides and SAME or VALID padding (lax.conv_general_dilated's result),
+  in the form XLA:CPU runs fastest (benchmarks/RESULTS.md, "The stem's
+  convolution"). One channel (every MedMNIST volume): the weighted sum of the
+  k^3 shifted views, its kernel gradient one product of the stacked views.
+  More channels: one matrix product, the shifted views concatenated along the
+  channels, [B, T', H', W', k^3 C], times the kernel as a [k^3 C, F] matrix."""
+  k = kernel.shape[0]
+  if x.shape[-1] == 1:
+    return _single_channel_conv3d(x, kernel, stride, padding)
+  return jnp.concatenate(
+      _shifted_views(x, k, stride, padding), axis=-1
+  ) @ kernel.reshape(k**3 * x.shape[-1], kernel.shape[-1])
 
 
 def _check_tubelet_kernel(shape: Sequence[int]) -> None:
