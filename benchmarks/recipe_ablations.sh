@@ -26,10 +26,10 @@ declare -A SET=(
   [factorized_dot_product]='model.attention_config.type=factorized_dot_product_attention'
   [cutmix]='dataset_configs.augmentation.cutmix_alpha=1.0'
   [narrow]='model.hidden_size=64 model.mlp_dim=128'  # half the width (twice the width: 3-4x the time)
-  [deeper]='model.num_layers=6'  # capacity: six encoder blocks instead of four
+  [four_blocks]='model.num_layers=4'  # the encoder of the recipe before 489c55e
 )
 ORDER=(no_stem gap no_shifts no_label_smoothing no_weight_decay no_clipping constant_lr flips mixup cutmix factorized_encoder
-       factorized_self_attention factorized_dot_product narrow deeper recipe)
+       factorized_self_attention factorized_dot_product narrow four_blocks recipe)
 for name in "${@:-${ORDER[@]}}"; do
   sets=()
   for override in ${SET[$name]}; do sets+=("--set=$override"); done
