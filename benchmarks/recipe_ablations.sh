@@ -4,7 +4,9 @@
 # time, one core each; each prints its validation summary (the test split is not read). Run from anywhere:
 #   bash benchmarks/recipe_ablations.sh [name ...]      (default: every row; ROOT=/tmp/acc, or /tmp/acc_cv5)
 # FOLDS=5 cross-validates each row instead (train + validation pooled, 5 folds x 2 seeds: what
-# issue 21 asks of the final recipe's levers); compare rows fold by fold with ROOT's abl_recipe.
+# issue 21 asks of the final recipe's levers); compare a row fold by fold with the recipe's folds:
+#   python -m benchmarks.compare_folds --reference=benchmarks/results/cv/recipe_six_blocks_seeds01.json \
+#       --row=$ROOT/abl_<name>/summary.json
 set -eu
 cd "$(dirname "$0")/.."
 ROOT=${ROOT:-/tmp/acc${FOLDS:+_cv$FOLDS}}
