@@ -54,12 +54,13 @@ def compare(
         'The two summaries share no (seed, fold): run the row with the seeds'
         ' and --folds of the reference.'
     )
-  missing = [p for p in pairs if metric not in ref[p] or metric not in new[p]]
-  if missing:
-    raise ValueError(
-        f'{metric} is missing from (seed, fold) {missing[0]}; the summaries'
-        f' hold {sorted(new[pairs[0]])}.'
-    )
+  for name, scores in (('reference', ref), ('row', new)):
+    missing = [p for p in pairs if metric not in scores[p]]
+    if missing:
+      raise ValueError(
+          f'{metric} is missing from the {name} at (seed, fold) {missing[0]};'
+          f' it holds {sorted(scores[missing[0]])}.'
+      )
   per_seed = {}
   for seed, fold in pairs:
     entry = per_seed.setdefault(seed, {'folds': [], 'row': [], 'delta': []})

@@ -68,8 +68,19 @@ def test_summaries_without_folds_or_the_metric_are_refused():
     )
   with pytest.raises(ValueError, match='share no'):
     compare_folds.compare(folds, _summary({(1, 0): 0.8}), 'validation.auc')
-  with pytest.raises(ValueError, match='test.auc is missing'):
+  with pytest.raises(
+      ValueError, match='test.auc is missing from the reference'
+  ):
     compare_folds.compare(folds, folds, 'test.auc')
+  with_test = _summary({(0, 0): 0.8})
+  with_test['runs'][0]['final']['test.auc'] = 0.8
+  with pytest.raises(
+      ValueError,
+      match=r"missing from the row at \(seed, fold\) \(0, 0\); it holds \['validation",
+  ):
+    compare_folds.compare(with_test, folds, 'test.auc')
+  with pytest.raises(ValueError, match='missing from the reference'):
+    compare_folds.compare(folds, with_test, 'test.auc')
 
 
 def test_command_line_prints_each_metric(tmp_path):
