@@ -1,7 +1,8 @@
 r"""One cross-validated ablation row against the recipe's own folds: for each seed, each fold's
 validation score in the row minus the reference run's on the same (seed, fold), their mean, and in
-how many folds the row scored higher. Both files are `summary.json`s of
-`benchmarks/accuracy.py --folds=k`; the "minus the recipe, fold by fold" columns of
+how many folds the row scored higher. Both are `summary.json`s of `benchmarks/accuracy.py
+--folds=k`; a row trained in parts (e.g. `--seeds=0`, then `--seeds=1`) is given as its parts'
+summaries, comma-separated. The "minus the recipe, fold by fold" columns of
 benchmarks/RESULTS.md come from it.
 
   python -m benchmarks.compare_folds \
@@ -20,7 +21,12 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string(
     'reference', None, "summary.json of the recipe's own folds."
 )
-flags.DEFINE_string('row', None, 'summary.json of the ablation row.')
+flags.DEFINE_list(
+    'row',
+    None,
+    'summary.json of the ablation row, or of its parts (same config and'
+    ' overrides, no (seed, fold) twice).',
+)
 flags.DEFINE_list(
     'metrics',
     ['validation.auc', 'validation.accuracy'],
@@ -39,6 +45,30 @@ def _by_seed_and_fold(summary: dict[str, Any]) -> dict[tuple[int, int], Any]:
         ' benchmarks/accuracy.py --folds=k.'
     )
   return {(run['seed'], run['fold']): run['final'] for run in runs}
+
+
+def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+  """One summary from the summaries of a row trained in parts; parts of different rows, or
+  holding the same (seed, fold) twice, are refused."""
+  merged = {**parts[0], 'runs': list(parts[0]['runs'])}
+  for part in parts[1:]:
+    if (part['config'], part['overrides']) != (
+        merged['config'],
+        merged['overrides'],
+    ):
+      raise ValueError(
+          f'Parts of different rows: {part["config"]}'
+          f' {" ".join(part["overrides"])} and {merged["config"]}'
+          f' {" ".join(merged["overrides"])}; give one row\'s parts.'
+      )
+    merged['runs'] += part['runs']
+  keys = [(run['seed'], run.get('fold')) for run in merged['runs']]
+  twice = sorted({k for k in keys if keys.count(k) > 1}, key=str)
+  if twice:
+    raise ValueError(
+        f'(seed, fold) {twice[0]} is in more than one part; give each run once.'
+    )
+  return merged
 
 
 def compare(
@@ -108,8 +138,11 @@ def main(argv):
   del argv
   with open(FLAGS.reference) as f:
     reference = json.load(f)
-  with open(FLAGS.row) as f:
-    row = json.load(f)
+  parts = []
+  for path in FLAGS.row:
+    with open(path) as f:
+      parts.append(json.load(f))
+  row = merge_parts(parts)
   print(f'{row["config"]} {" ".join(row["overrides"])}')
   print(f'  against {reference["config"]} {" ".join(reference["overrides"])}')
   for metric in FLAGS.metrics:

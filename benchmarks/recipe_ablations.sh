@@ -7,10 +7,13 @@
 # issue 21 asks of the final recipe's levers); compare a row fold by fold with the recipe's folds:
 #   python -m benchmarks.compare_folds --reference=benchmarks/results/cv/recipe_six_blocks_seeds01.json \
 #       --row=$ROOT/abl_<name>/summary.json
+# SEEDS=0 (then SEEDS=1, e.g. on another machine) trains a row in parts; give compare_folds
+# both parts' summaries: --row=part_seed0.json,part_seed1.json
 set -eu
 cd "$(dirname "$0")/.."
 ROOT=${ROOT:-/tmp/acc${FOLDS:+_cv$FOLDS}}
 PY=${PYTHON:-python}
+SEEDS=${SEEDS:-0,1}
 RECIPE=configs/medmnist3d/vivit_recipe.py:adrenalmnist3d
 declare -A SET=(
   [recipe]=''
@@ -36,7 +39,7 @@ for name in "${@:-${ORDER[@]}}"; do
   sets=()
   for override in ${SET[$name]}; do sets+=("--set=$override"); done
   echo "== $name: ${SET[$name]}"
-  $PY -m benchmarks.accuracy --config=$RECIPE --workdir="$ROOT/abl_$name" --seeds=0,1 --jobs=2 \
+  $PY -m benchmarks.accuracy --config=$RECIPE --workdir="$ROOT/abl_$name" --seeds=$SEEDS --jobs=2 \
     --splits=validation ${FOLDS:+--folds=$FOLDS} \
     "${sets[@]}" || echo "== $name FAILED"
 done

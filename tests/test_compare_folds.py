@@ -83,28 +83,47 @@ def test_summaries_without_folds_or_the_metric_are_refused():
     compare_folds.compare(folds, with_test, 'test.auc')
 
 
+def test_a_row_trained_in_parts_is_merged_once():
+  whole = {(s, f): 0.7 + 0.01 * (5 * s + f) for s in (0, 1) for f in range(5)}
+  seed_0 = _summary({k: v for k, v in whole.items() if k[0] == 0}, ['a=1'])
+  seed_1 = _summary({k: v for k, v in whole.items() if k[0] == 1}, ['a=1'])
+  merged = compare_folds.merge_parts([seed_0, seed_1])
+  reference = _summary({k: 0.8 for k in whole})
+  assert compare_folds.compare(
+      reference, merged, 'validation.auc'
+  ) == compare_folds.compare(
+      reference, _summary(whole, ['a=1']), 'validation.auc'
+  )
+  assert len(seed_0['runs']) == 5  # the first part is not extended in place
+  with pytest.raises(ValueError, match='Parts of different rows'):
+    compare_folds.merge_parts([seed_0, _summary({(1, 0): 0.8}, ['a=2'])])
+  with pytest.raises(ValueError, match=r'\(0, 3\) is in more than one part'):
+    compare_folds.merge_parts([seed_0, _summary({(0, 3): 0.8}, ['a=1'])])
+
+
 def test_command_line_prints_each_metric(tmp_path):
   paths = []
   for name, aucs in [
       ('reference', {(0, 0): 0.80, (0, 1): 0.84}),
-      ('row', {(0, 0): 0.78, (0, 1): 0.85}),
+      ('row_fold_0', {(0, 0): 0.78}),
+      ('row_fold_1', {(0, 1): 0.85}),
   ]:
     paths.append(tmp_path / f'{name}.json')
-    paths[-1].write_text(json.dumps(_summary(aucs, [f'{name}=1'])))
+    paths[-1].write_text(json.dumps(_summary(aucs, [f'{name[:3]}=1'])))
   result = subprocess.run(
       [
           sys.executable,
           '-m',
           'benchmarks.compare_folds',
           f'--reference={paths[0]}',
-          f'--row={paths[1]}',
+          f'--row={paths[1]},{paths[2]}',  # the row in two parts
       ],
       cwd=REPO,
       capture_output=True,
       text=True,
       check=True,
   )
-  assert 'cfg.py:x row=1\n  against cfg.py:x reference=1' in result.stdout
+  assert 'cfg.py:x row=1\n  against cfg.py:x ref=1' in result.stdout
   assert (
       'seed 0 folds [0, 1]: 0.780, 0.850 (mean 0.815 +- 0.049); minus the'
       ' reference: -0.020, +0.010 (mean -0.005)' in result.stdout
