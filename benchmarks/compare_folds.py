@@ -35,21 +35,34 @@ flags.DEFINE_list(
 flags.mark_flags_as_required(['reference', 'row'])
 
 
-def _by_seed_and_fold(summary: dict[str, Any]) -> dict[tuple[int, int], Any]:
-  """The summary's final scores keyed by (seed, fold); a summary without folds is refused."""
+def _by_seed_and_fold(
+    summary: dict[str, Any], name: str
+) -> dict[tuple[int, int], Any]:
+  """The final scores of `summary` (the reference or the row, as `name` says) keyed by
+  (seed, fold); a summary without folds, or with a (seed, fold) twice, is refused.
+  """
   runs = summary['runs']
   if not runs or any('fold' not in run for run in runs):
     raise ValueError(
-        f'{summary["config"]} {" ".join(summary["overrides"])}: not a'
-        ' cross-validated summary (no folds); make both with'
+        f'The {name}, {" ".join([summary["config"], *summary["overrides"]])}:'
+        ' not a cross-validated summary (no folds); make both with'
         ' benchmarks/accuracy.py --folds=k.'
     )
-  return {(run['seed'], run['fold']): run['final'] for run in runs}
+  scores = {}
+  for run in runs:
+    key = (run['seed'], run['fold'])
+    if key in scores:
+      raise ValueError(
+          f'(seed, fold) {key} is in the {name} more than once (a row given'
+          ' in parts that overlap?); give each run once.'
+      )
+    scores[key] = run['final']
+  return scores
 
 
 def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
-  """One summary from the summaries of a row trained in parts; parts of different rows, or
-  holding the same (seed, fold) twice, are refused."""
+  """One summary from the summaries of a row trained in parts (their runs concatenated); parts
+  of different rows are refused."""
   merged = {**parts[0], 'runs': list(parts[0]['runs'])}
   for part in parts[1:]:
     if (part['config'], part['overrides']) != (
@@ -62,12 +75,6 @@ def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
           f' {" ".join(merged["overrides"])}; give one row\'s parts.'
       )
     merged['runs'] += part['runs']
-  keys = [(run['seed'], run.get('fold')) for run in merged['runs']]
-  twice = sorted({k for k in keys if keys.count(k) > 1}, key=str)
-  if twice:
-    raise ValueError(
-        f'(seed, fold) {twice[0]} is in more than one part; give each run once.'
-    )
   return merged
 
 
@@ -77,7 +84,8 @@ def compare(
   """`metric` of `row` minus `reference`, per (seed, fold) present in both, grouped by seed, and
   over all paired folds: the mean difference and the number of folds where the row is higher.
   """
-  ref, new = _by_seed_and_fold(reference), _by_seed_and_fold(row)
+  ref = _by_seed_and_fold(reference, 'reference')
+  new = _by_seed_and_fold(row, 'row')
   pairs = sorted(set(ref) & set(new))
   if not pairs:
     raise ValueError(

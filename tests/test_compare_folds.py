@@ -62,7 +62,9 @@ def test_folds_missing_from_either_side_are_named_not_paired():
 
 def test_summaries_without_folds_or_the_metric_are_refused():
   folds = _summary({(0, 0): 0.8})
-  with pytest.raises(ValueError, match='not a cross-validated summary'):
+  with pytest.raises(
+      ValueError, match='The row, cfg.py:x: not a cross-validated summary'
+  ):
     compare_folds.compare(
         folds, _summary({(0, 0): 0.8}, folds=False), 'validation.auc'
     )
@@ -97,8 +99,17 @@ def test_a_row_trained_in_parts_is_merged_once():
   assert len(seed_0['runs']) == 5  # the first part is not extended in place
   with pytest.raises(ValueError, match='Parts of different rows'):
     compare_folds.merge_parts([seed_0, _summary({(1, 0): 0.8}, ['a=2'])])
-  with pytest.raises(ValueError, match=r'\(0, 3\) is in more than one part'):
-    compare_folds.merge_parts([seed_0, _summary({(0, 3): 0.8}, ['a=1'])])
+  overlapping = compare_folds.merge_parts(
+      [seed_0, _summary({(0, 3): 0.8}, ['a=1'])]
+  )
+  with pytest.raises(
+      ValueError, match=r'\(0, 3\) is in the row more than once'
+  ):
+    compare_folds.compare(reference, overlapping, 'validation.auc')
+  with pytest.raises(
+      ValueError, match=r'\(0, 3\) is in the reference more than once'
+  ):
+    compare_folds.compare(overlapping, merged, 'validation.auc')
 
 
 def test_command_line_prints_each_metric(tmp_path):
