@@ -14,8 +14,8 @@ retrained. `--jobs=N` trains N seeds at once, each pinned to its own 1/N of the 
 `--folds=k` cross-validates, for choosing recipe-level levers: each (seed, fold) trains in
 `<workdir>/seed_<s>/fold_<f>` with config.dataset_configs.num_folds=k and fold=f (train +
 validation pooled into k stratified folds, fold f validating; datasets/folds.py), the baselines
-are fitted on each fold, and only the validation fold's scores are read and summarised, over
-folds and seeds (--splits is then ignored; the test scores stay unread in results.json). The
+are fitted on each fold, and only the validation fold's scores are summarised, over folds and
+seeds (--splits is then ignored; the trainer scores no test split in a fold). The
 config must declare both keys (placeholder(int)), as configs/medmnist3d/vivit_recipe.py does.
 The summary goes to stdout and to `<workdir>/summary.json`.
 """

@@ -126,11 +126,11 @@ def test_fold_summary_never_holds_test_scores():
 def test_folds_train_each_seed_and_fold_and_summarise_validation_only(
     smoke_data_dir, tmp_path
 ):
-  """benchmarks.accuracy --folds=2 end to end: a few steps per fold on the synthetic set."""
+  """benchmarks.accuracy --folds=2 end to end: a few steps per fold on the synthetic set; the
+  trainer scores no test split in a fold, for the final state nor the best checkpoint."""
   workdir = tmp_path / 'acc'
-  run = _run_accuracy(
-      workdir, smoke_data_dir, '--folds=2', '--set=checkpoint=False'
-  )
+  flags = ('--folds=2', '--set=best_checkpoint_metric=auc')
+  run = _run_accuracy(workdir, smoke_data_dir, *flags)
   assert run.returncode == 0, run.stderr[-3000:]
   # No test score: no 'test.<metric>' (the tmp_path holds 'pytest').
   assert 'x folds [0, 1]' in run.stdout and 'test.' not in run.stdout
@@ -148,11 +148,14 @@ def test_folds_train_each_seed_and_fold_and_summarise_validation_only(
     assert config['dataset_configs']['fold'] == fold
     results = json.loads((folder / 'results.json').read_text())
     validated += results['validation']['num_examples']
+    assert 'test' not in results and set(results['best']) == {
+        'step',
+        'validation',
+    }
+    assert 'test:' not in (folder / 'log.txt').read_text()
   assert validated == 128 + 40  # The folds share out train + validation.
   log = (workdir / 'seed_0' / 'fold_0' / 'log.txt').stat().st_mtime
-  rerun = _run_accuracy(
-      workdir, smoke_data_dir, '--folds=2', '--set=checkpoint=False'
-  )
+  rerun = _run_accuracy(workdir, smoke_data_dir, *flags)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert (
       json.loads((workdir / 'summary.json').read_text())['runs']

@@ -180,6 +180,12 @@ class Trainer:
         else None
     )
     self.best = None  # {'metric', 'value', 'step', 'validation'} of the best checkpoint so far.
+    # Cross-validation folds choose levers, so the test split is never scored in them.
+    self.final_splits = (
+        ('validation',)
+        if config.dataset_configs.num_folds is not None
+        else ('validation', 'test')
+    )
 
   def checkpoint_metadata(self) -> dict[str, Any]:
     keys = ('num_classes', 'input_shape', 'label_names', 'task', 'dataset_name')
@@ -383,10 +389,11 @@ class Trainer:
     return self.final_results(state, time.time() - start_time)
 
   def final_results(self, state, train_seconds: float) -> dict[str, Any]:
-    """Validation and test scores of the final state, written to `<workdir>/results.json`.
+    """Validation and test scores of the final state (validation only in a cross-validation
+    fold), written to `<workdir>/results.json`.
 
     With best_checkpoint_metric, the final validation may also make the final state the best;
-    'best' then holds the step, validation and test scores of the best checkpoint.
+    'best' then holds the step, validation and (outside folds) test scores of the best checkpoint.
     """
     results = {
         'dataset': self.meta['dataset_name'],
@@ -395,7 +402,7 @@ class Trainer:
         'train_seconds': train_seconds,
         'num_devices': jax.device_count(),
     }
-    for split in ('validation', 'test'):
+    for split in self.final_splits:
       scores, predictions = self.evaluate(state, split, self.total_steps)
       results[split] = scores
       logging.info('%s: %s', split, json.dumps(scores))
@@ -410,7 +417,7 @@ class Trainer:
             {f'{split}_confusion_matrix': matrix_image[None]},
         )
     if self.best_manager is not None:
-      results['best'] = self.best_results(state, results['test'])
+      results['best'] = self.best_results(state, results.get('test'))
     if self.is_chief:
       files.write_atomic(
           os.path.join(self.workdir, 'results.json'),
@@ -420,13 +427,17 @@ class Trainer:
     return results
 
   def best_results(
-      self, state, final_test: dict[str, float]
+      self, state, final_test: dict[str, float] | None
   ) -> dict[str, Any] | None:
-    """{'step', 'validation', 'test'} of the best checkpoint (None if none was saved)."""
+    """{'step', 'validation', 'test'} of the best checkpoint ('test' only where the final state's
+    test was scored, `final_test` not None); None if none was saved."""
     self.best_manager.wait_until_finished()
     if self.best is None:
       return None
     step = int(self.best['step'])
+    best = {'step': step, 'validation': self.best['validation']}
+    if final_test is None:
+      return best
     if step == self.total_steps:
       test = final_test
     else:
@@ -440,7 +451,7 @@ class Trainer:
           prefix='best_test',
       )
     logging.info('best (step %d): test %s', step, json.dumps(test))
-    return {'step': step, 'validation': self.best['validation'], 'test': test}
+    return {**best, 'test': test}
 
 
 def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
