@@ -127,7 +127,8 @@ def test_folds_train_each_seed_and_fold_and_summarise_validation_only(
     smoke_data_dir, tmp_path
 ):
   """benchmarks.accuracy --folds=2 end to end: a few steps per fold on the synthetic set; the
-  trainer scores no test split in a fold, for the final state nor the best checkpoint."""
+  trainer scores the test split in no fold, neither for the final state nor for the best checkpoint.
+  """
   workdir = tmp_path / 'acc'
   flags = ('--folds=2', '--set=best_checkpoint_metric=auc')
   run = _run_accuracy(workdir, smoke_data_dir, *flags)
