@@ -37,8 +37,8 @@ validation AUC of each lever switched off alone is in benchmarks/RESULTS.md, "Ab
     blocks), so all three stay, at the ViT defaults. The stem off lowered all 10 folds (-0.048);
     the mean over tokens instead of MAP pooling lowered the mean (-0.009, higher in 4 of 10);
     shifts off lowered all 10 (-0.143: the model memorised its training set); a constant
-    learning rate instead of warm-up and cosine decay lowered the mean a little (seed 0: -0.004,
-    higher in 1 of 5), so the schedule stays.
+    learning rate instead of warm-up and cosine decay lowered the mean a little (-0.010,
+    higher in 1 of 10), so the schedule stays.
   * No masked-volume pretraining (configs/medmnist3d/vivit_mae_finetune.py runs it first): in the
     steps a CPU budget allows, its reconstruction loss did not reach a per-position prior and the
     fine-tune from it scored lower on validation (RESULTS.md, "Masked-volume pretraining").
