@@ -20,6 +20,7 @@ declare -A SET=(
   [no_stem]='model.stem.features=() model.stem.strides=()'
   [gap]='model.classifier=gap'  # the mean over tokens instead of MAP pooling
   [no_shifts]='dataset_configs.augmentation.max_shift=0'
+  [wider_shifts]='dataset_configs.augmentation.max_shift=4'  # up to 4 voxels rather than 2 (28^3)
   [no_label_smoothing]='label_smoothing=0.0'
   [no_weight_decay]='optimizer_configs.weight_decay=0.0'
   [no_clipping]='max_grad_norm=1e9'  # a threshold never reached
@@ -33,7 +34,7 @@ declare -A SET=(
   [narrow]='model.hidden_size=64 model.mlp_dim=128'  # half the width (twice the width: 3-4x the time)
   [four_blocks]='model.num_layers=4'  # the encoder of the recipe before 489c55e
 )
-ORDER=(no_stem gap no_shifts no_label_smoothing no_weight_decay no_clipping constant_lr flips mixup cutmix factorized_encoder
+ORDER=(no_stem gap no_shifts wider_shifts no_label_smoothing no_weight_decay no_clipping constant_lr flips mixup cutmix factorized_encoder
        factorized_self_attention factorized_dot_product narrow four_blocks recipe)
 for name in "${@:-${ORDER[@]}}"; do
   sets=()
