@@ -25,6 +25,7 @@ declare -A SET=(
   [no_weight_decay]='optimizer_configs.weight_decay=0.0'
   [no_clipping]='max_grad_norm=1e9'  # a threshold never reached
   [constant_lr]='lr_configs.factors=constant'
+  [stochastic_depth]='model.stochastic_droplayer_rate=0.1'
   [flips]='dataset_configs.augmentation.flip_axes=(0,1,2)'
   [mixup]='dataset_configs.augmentation.mixup_alpha=0.2'
   [factorized_encoder]='model.attention_config.type=factorized_encoder'
@@ -34,7 +35,7 @@ declare -A SET=(
   [narrow]='model.hidden_size=64 model.mlp_dim=128'  # half the width (twice the width: 3-4x the time)
   [four_blocks]='model.num_layers=4'  # the encoder of the recipe before 489c55e
 )
-ORDER=(no_stem gap no_shifts wider_shifts no_label_smoothing no_weight_decay no_clipping constant_lr flips mixup cutmix factorized_encoder
+ORDER=(no_stem gap no_shifts wider_shifts no_label_smoothing no_weight_decay no_clipping constant_lr stochastic_depth flips mixup cutmix factorized_encoder
        factorized_self_attention factorized_dot_product narrow four_blocks recipe)
 for name in "${@:-${ORDER[@]}}"; do
   sets=()
