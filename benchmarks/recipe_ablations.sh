@@ -34,14 +34,20 @@ declare -A SET=(
   [cutmix]='dataset_configs.augmentation.cutmix_alpha=1.0'
   [narrow]='model.hidden_size=64 model.mlp_dim=128'  # half the width (twice the width: 3-4x the time)
   [four_blocks]='model.num_layers=4'  # the encoder of the recipe before 489c55e
+  [masked_pretraining]=''  # CONFIG's: the recipe fine-tuned from its own masked pretraining
+)
+# Rows that train another config than the recipe (with SET's overrides on top).
+declare -A CONFIG=(
+  # Pretrains first (vivit_mae_pretrain.py's settings) on the fold's training volumes only.
+  [masked_pretraining]=configs/medmnist3d/vivit_mae_finetune.py:adrenalmnist3d
 )
 ORDER=(no_stem gap no_shifts wider_shifts no_label_smoothing no_weight_decay no_clipping constant_lr stochastic_depth flips mixup cutmix factorized_encoder
-       factorized_self_attention factorized_dot_product narrow four_blocks recipe)
+       factorized_self_attention factorized_dot_product narrow four_blocks masked_pretraining recipe)
 for name in "${@:-${ORDER[@]}}"; do
   sets=()
   for override in ${SET[$name]}; do sets+=("--set=$override"); done
-  echo "== $name: ${SET[$name]}"
-  $PY -m benchmarks.accuracy --config=$RECIPE --workdir="$ROOT/abl_$name" --seeds=$SEEDS --jobs=2 \
+  echo "== $name: ${CONFIG[$name]:-} ${SET[$name]}"
+  $PY -m benchmarks.accuracy --config="${CONFIG[$name]:-$RECIPE}" --workdir="$ROOT/abl_$name" --seeds=$SEEDS --jobs=2 \
     --splits=validation ${FOLDS:+--folds=$FOLDS} \
     "${sets[@]}" || echo "== $name FAILED"
 done
