@@ -89,10 +89,10 @@ def check_config(config: ml_collections.ConfigDict, input_shape) -> None:
   decoder = m.decoder_config
   for key in ('hidden_size', 'num_heads', 'mlp_dim', 'num_layers'):
     check_positive(f'config.model.decoder_config.{key}', decoder[key])
-  if decoder.hidden_size < 6 or decoder.hidden_size % decoder.num_heads:
+  if decoder.hidden_size % decoder.num_heads:
     raise ValueError(
-        f'config.model.decoder_config.hidden_size={decoder.hidden_size} must be at least 6'
-        f' (its sin-cos position embedding) and a multiple of num_heads={decoder.num_heads}.'
+        f'config.model.decoder_config.hidden_size={decoder.hidden_size} must be a multiple'
+        f' of num_heads={decoder.num_heads}.'
     )
   grid = ViViTMaskedAutoencoderModel(
       config, {'num_classes': 1, 'input_shape': tuple(input_shape)}
@@ -216,8 +216,10 @@ class MaskedAutoencoder(model.ViViT):
   no masked voxel reaches a visible token, not even through the convolutional stem), and the
   encoder runs on the visible tokens alone, each with the position embedding of its place in the
   grid. The decoder embeds them to `decoder_hidden_size`, puts a learned mask token at every
-  masked place, adds a fixed sin-cos position embedding and runs `decoder` blocks of joint
-  attention; a linear layer predicts the voxels of every token.
+  masked place, adds a learned position embedding and runs `decoder` blocks of joint attention;
+  a linear layer predicts the voxels of every token. (With MAE's fixed sin-cos embedding instead,
+  the decoder told the places of a 4x4x4 grid apart so poorly that its loss stayed at the zero
+  predictor's for a thousand steps: benchmarks/RESULTS.md, "Masked-volume pretraining".)
 
   Returns {'predictions', 'targets'} [B, n_masked, P] for the masked tokens (P = the voxels a
   token covers, its tubelet times the stem's strides, times channels; targets normalised per
@@ -287,7 +289,7 @@ class MaskedAutoencoder(model.ViViT):
     decoded = model.Encoder(
         grid=grid,
         size=self.decoder,
-        positional_embedding='sinusoidal_3d',
+        positional_embedding='learned_1d',
         options=model.LayerOptions(
             dtype=self.dtype, cpu_fast_layers=self.cpu_fast_layers
         ),
