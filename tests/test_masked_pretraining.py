@@ -150,6 +150,24 @@ def test_factorised_models_pretrain_with_tube_masking(attention):
   assert out['predictions'].shape == (2, 4 * masked_tubes, 7**3)
 
 
+@pytest.mark.parametrize('embedding', ['learned_1d', 'sinusoidal_3d'])
+def test_decoder_adds_the_configured_position_embedding(embedding):
+  config = mae_config()
+  config.model.decoder_config.positional_embedding = embedding
+  masked_pretraining.check_config(config, INPUT)
+  params = build(config).flax_model.init(
+      {'params': jax.random.PRNGKey(0)},
+      jnp.zeros((1, 28, 28, 28, 1)),
+      train=False,
+  )['params']
+  learned = params['Decoder'].get('posembed_input')
+  if embedding == 'learned_1d':  # One vector per place of the 4x4x4 grid.
+    width = config.model.decoder_config.hidden_size
+    assert learned['pos_embedding'].shape == (1, 64, width)
+  else:
+    assert learned is None
+
+
 @pytest.mark.parametrize(
     'change, message',
     [
@@ -160,6 +178,10 @@ def test_factorised_models_pretrain_with_tube_masking(attention):
         (dict(mask_type='cube'), 'mask_type'),
         (dict(stem_padding='VALID'), "padding='SAME'"),
         (dict(tokenizer='temporal_sampling'), "method='3d_conv'"),
+        (
+            dict(decoder_embedding='rotary'),
+            'decoder_config.positional_embedding',
+        ),
     ],
 )
 def test_configs_masking_cannot_serve_are_refused_saying_why(change, message):
@@ -174,6 +196,10 @@ def test_configs_masking_cannot_serve_are_refused_saying_why(change, message):
     config.model.stem = ml_collections.ConfigDict(
         dict(features=(4,), strides=(1,), padding='VALID')
     )
+  if 'decoder_embedding' in change:
+    config.model.decoder_config.positional_embedding = change[
+        'decoder_embedding'
+    ]
   if 'tokenizer' in change:
     config.model.temporal_encoding_config.method = 'temporal_sampling'
     config.model.temporal_encoding_config.n_sampled_frames = 4

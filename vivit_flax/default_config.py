@@ -143,7 +143,11 @@ def get_config() -> ml_collections.ConfigDict:
               return_prelogits=False,
               # The decoder of masked pretraining (masked_pretraining.py).
               decoder_config=dict(
-                  hidden_size=64, num_heads=4, mlp_dim=256, num_layers=2
+                  hidden_size=64,
+                  num_heads=4,
+                  mlp_dim=256,
+                  num_layers=2,
+                  positional_embedding='learned_1d',
               ),
           ),
           model_dtype_str='float32',

@@ -14,8 +14,8 @@ same checkpoints, resume and writers run it, with the train step of `train_utils
                                                  tokens at every time index, VideoMAE's masking)
   config.masked_feature_loss.normalise_targets   reconstruct each tubelet's voxels normalised to
                                                  zero mean and unit variance (VideoMAE's default)
-  config.model.decoder_config                    hidden_size, num_heads, mlp_dim, num_layers of the
-                                                 light decoder
+  config.model.decoder_config                    hidden_size, num_heads, mlp_dim, num_layers and
+                                                 positional_embedding of the light decoder
 """
 
 from __future__ import annotations
@@ -89,10 +89,23 @@ def check_config(config: ml_collections.ConfigDict, input_shape) -> None:
   decoder = m.decoder_config
   for key in ('hidden_size', 'num_heads', 'mlp_dim', 'num_layers'):
     check_positive(f'config.model.decoder_config.{key}', decoder[key])
-  if decoder.hidden_size % decoder.num_heads:
+  check_choice(
+      'config.model.decoder_config.positional_embedding',
+      decoder.positional_embedding,
+      model.POSITIONAL_EMBEDDINGS,
+  )
+  sin_cos = decoder.positional_embedding == 'sinusoidal_3d'
+  if (
+      sin_cos and decoder.hidden_size < 6
+  ) or decoder.hidden_size % decoder.num_heads:
     raise ValueError(
         f'config.model.decoder_config.hidden_size={decoder.hidden_size} must be a multiple'
-        f' of num_heads={decoder.num_heads}.'
+        f' of num_heads={decoder.num_heads}'
+        + (
+            ', and at least 6 for its sin-cos position embedding.'
+            if sin_cos
+            else '.'
+        )
     )
   grid = ViViTMaskedAutoencoderModel(
       config, {'num_classes': 1, 'input_shape': tuple(input_shape)}
@@ -216,10 +229,11 @@ class MaskedAutoencoder(model.ViViT):
   no masked voxel reaches a visible token, not even through the convolutional stem), and the
   encoder runs on the visible tokens alone, each with the position embedding of its place in the
   grid. The decoder embeds them to `decoder_hidden_size`, puts a learned mask token at every
-  masked place, adds a learned position embedding and runs `decoder` blocks of joint attention;
-  a linear layer predicts the voxels of every token. (With MAE's fixed sin-cos embedding instead,
-  the decoder told the places of a 4x4x4 grid apart so poorly that its loss stayed at the zero
-  predictor's for a thousand steps: benchmarks/RESULTS.md, "Masked-volume pretraining".)
+  masked place, adds `decoder_positional_embedding` and runs `decoder` blocks of joint attention;
+  a linear layer predicts the voxels of every token. A learned embedding by default: with MAE's
+  fixed sin-cos one ('sinusoidal_3d') the decoder told the places of a 4x4x4 grid apart so poorly
+  that its loss stayed at the zero predictor's for a thousand steps (benchmarks/RESULTS.md,
+  "Masked-volume pretraining").
 
   Returns {'predictions', 'targets'} [B, n_masked, P] for the masked tokens (P = the voxels a
   token covers, its tubelet times the stem's strides, times channels; targets normalised per
@@ -233,6 +247,7 @@ class MaskedAutoencoder(model.ViViT):
   mask_type: str = 'random'
   decoder: model.TransformerSize = model.TransformerSize(4, 256, 2)
   decoder_hidden_size: int = 64
+  decoder_positional_embedding: str = 'learned_1d'
   normalise_targets: bool = True
 
   def footprint(self) -> tuple[int, int, int]:
@@ -289,7 +304,7 @@ class MaskedAutoencoder(model.ViViT):
     decoded = model.Encoder(
         grid=grid,
         size=self.decoder,
-        positional_embedding='learned_1d',
+        positional_embedding=self.decoder_positional_embedding,
         options=model.LayerOptions(
             dtype=self.dtype, cpu_fast_layers=self.cpu_fast_layers
         ),
@@ -327,6 +342,7 @@ class ViViTMaskedAutoencoderModel(model.ViViTClassificationModel):
             num_layers=decoder.num_layers,
         ),
         decoder_hidden_size=decoder.hidden_size,
+        decoder_positional_embedding=decoder.positional_embedding,
     )
 
   def token_grid(self) -> tuple[int, int, int]:
