@@ -32,7 +32,11 @@ def overrides(arg: str = 'adrenalmnist3d') -> ml_collections.ConfigDict:
           ),
           model=dict(
               decoder_config=dict(
-                  hidden_size=64, num_heads=4, mlp_dim=128, num_layers=2
+                  hidden_size=64,
+                  num_heads=4,
+                  mlp_dim=128,
+                  num_layers=2,
+                  positional_embedding='learned_1d',
               )
           ),
           num_training_epochs=30,
