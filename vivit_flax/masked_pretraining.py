@@ -231,9 +231,8 @@ class MaskedAutoencoder(model.ViViT):
   grid. The decoder embeds them to `decoder_hidden_size`, puts a learned mask token at every
   masked place, adds `decoder_positional_embedding` and runs `decoder` blocks of joint attention;
   a linear layer predicts the voxels of every token. A learned embedding by default: with MAE's
-  fixed sin-cos one ('sinusoidal_3d') the decoder told the places of a 4x4x4 grid apart so poorly
-  that its loss stayed at the zero predictor's for a thousand steps (benchmarks/RESULTS.md,
-  "Masked-volume pretraining").
+  fixed sin-cos one ('sinusoidal_3d') on a 4x4x4 grid, the loss stayed near the zero predictor's
+  for a thousand steps (benchmarks/RESULTS.md, "Masked-volume pretraining").
 
   Returns {'predictions', 'targets'} [B, n_masked, P] for the masked tokens (P = the voxels a
   token covers, its tubelet times the stem's strides, times channels; targets normalised per
