@@ -182,6 +182,15 @@ def test_decoder_adds_the_configured_position_embedding(embedding):
             dict(decoder_embedding='rotary'),
             'decoder_config.positional_embedding',
         ),
+        (dict(decoder_width=6), 'must be a multiple of num_heads=4'),
+        (
+            dict(
+                decoder_width=4,
+                decoder_heads=2,
+                decoder_embedding='sinusoidal_3d',
+            ),
+            'at least 6',
+        ),
     ],
 )
 def test_configs_masking_cannot_serve_are_refused_saying_why(change, message):
@@ -196,6 +205,9 @@ def test_configs_masking_cannot_serve_are_refused_saying_why(change, message):
     config.model.stem = ml_collections.ConfigDict(
         dict(features=(4,), strides=(1,), padding='VALID')
     )
+  if 'decoder_width' in change:
+    config.model.decoder_config.hidden_size = change['decoder_width']
+    config.model.decoder_config.num_heads = change.get('decoder_heads', 4)
   if 'decoder_embedding' in change:
     config.model.decoder_config.positional_embedding = change[
         'decoder_embedding'

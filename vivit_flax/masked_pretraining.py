@@ -94,18 +94,18 @@ def check_config(config: ml_collections.ConfigDict, input_shape) -> None:
       decoder.positional_embedding,
       model.POSITIONAL_EMBEDDINGS,
   )
-  sin_cos = decoder.positional_embedding == 'sinusoidal_3d'
-  if (
-      sin_cos and decoder.hidden_size < 6
-  ) or decoder.hidden_size % decoder.num_heads:
+  if decoder.hidden_size % decoder.num_heads:
     raise ValueError(
         f'config.model.decoder_config.hidden_size={decoder.hidden_size} must be a multiple'
-        f' of num_heads={decoder.num_heads}'
-        + (
-            ', and at least 6 for its sin-cos position embedding.'
-            if sin_cos
-            else '.'
-        )
+        f' of num_heads={decoder.num_heads}.'
+    )
+  if (
+      decoder.positional_embedding == 'sinusoidal_3d'
+      and decoder.hidden_size < 6
+  ):
+    raise ValueError(
+        f'config.model.decoder_config.hidden_size={decoder.hidden_size} must be at least 6'
+        " for positional_embedding='sinusoidal_3d'."
     )
   grid = ViViTMaskedAutoencoderModel(
       config, {'num_classes': 1, 'input_shape': tuple(input_shape)}
