@@ -21,6 +21,7 @@ declare -A SET=(
   [gap]='model.classifier=gap'  # the mean over tokens instead of MAP pooling
   [no_shifts]='dataset_configs.augmentation.max_shift=0'
   [wider_shifts]='dataset_configs.augmentation.max_shift=4'  # up to 4 voxels rather than 2 (28^3)
+  [rotations]='dataset_configs.augmentation.max_rotation=15'  # tilts of up to 15 degrees per plane
   [no_label_smoothing]='label_smoothing=0.0'
   [no_weight_decay]='optimizer_configs.weight_decay=0.0'
   [no_clipping]='max_grad_norm=1e9'  # a threshold never reached
@@ -41,7 +42,7 @@ declare -A CONFIG=(
   # Pretrains first (vivit_mae_pretrain.py's settings) on the fold's training volumes only.
   [masked_pretraining]=configs/medmnist3d/vivit_mae_finetune.py:adrenalmnist3d
 )
-ORDER=(no_stem gap no_shifts wider_shifts no_label_smoothing no_weight_decay no_clipping constant_lr stochastic_depth flips mixup cutmix factorized_encoder
+ORDER=(no_stem gap no_shifts wider_shifts rotations no_label_smoothing no_weight_decay no_clipping constant_lr stochastic_depth flips mixup cutmix factorized_encoder
        factorized_self_attention factorized_dot_product narrow four_blocks masked_pretraining recipe)
 for name in "${@:-${ORDER[@]}}"; do
   sets=()

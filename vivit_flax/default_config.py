@@ -101,6 +101,7 @@ def get_config() -> ml_collections.ConfigDict:
               augmentation=dict(
                   flip_axes=(),
                   rotate_planes=(),
+                  max_rotation=0.0,
                   max_shift=0,
                   intensity=0.0,
                   mixup_alpha=0.0,

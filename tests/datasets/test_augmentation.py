@@ -71,6 +71,43 @@ def test_shift_translates_with_zero_fill():
     assert x.sum() == 1
 
 
+@pytest.mark.parametrize('axis', [0, 1, 2])
+def test_rotation_by_a_right_angle_is_a_quarter_turn(axis):
+  volume = np.random.default_rng(0).random((5, 5, 5, 2)).astype(np.float32)
+  angles = np.zeros(3)
+  angles[axis] = 90
+  rotated = augmentation._rotate(volume, angles, None)
+  plane = tuple(a for a in (0, 1, 2) if a != axis)
+  turns = [np.rot90(volume, k, plane) for k in (1, 3)]
+  assert any(np.allclose(rotated, turn, atol=1e-5) for turn in turns)
+
+
+def test_small_rotations_tilt_a_mask_and_keep_its_two_values():
+  images = np.zeros((1, 12, 12, 12, 1), np.uint8)
+  images[0, 2:10, 5:7, 5:7] = 255  # A rod along the depth axis.
+  options = _options(max_rotation=15.0)
+  moved = 0
+  for step in range(10):
+    x, _ = _run(options, images, step=step)
+    assert set(np.unique(x)) <= {0.0, 1.0}
+    assert (
+        abs(x.sum() - 32) <= 8
+    )  # Its volume, up to the thresholding's rounding.
+    moved += not np.array_equal(x[0], images[0] / np.float32(255))
+  assert moved >= 8
+
+
+def test_rotation_interpolates_volumes_with_intensities():
+  grey = _volumes(n=2, size=8, binary=False)
+  x, _ = _run(_options(max_rotation=10.0), grey)
+  assert x.min() >= 0 and x.max() <= 1
+  assert len(np.unique(x)) > 256  # Interpolated between the 256 levels.
+  centre = (slice(None), slice(3, 5), slice(3, 5), slice(3, 5))
+  np.testing.assert_allclose(
+      x[centre].mean(), (grey / np.float32(255))[centre].mean(), atol=0.15
+  )
+
+
 def test_intensity_changes_only_volumes_with_intensities():
   binary, grey = _volumes(binary=True), _volumes(binary=False)
   x, _ = _run(_options(intensity=0.3), binary)
@@ -105,6 +142,7 @@ def test_batches_depend_on_the_step_not_on_the_process_count_or_history():
   options = _options(
       flip_axes=(0, 1, 2),
       rotate_planes=((1, 2),),
+      max_rotation=10.0,
       max_shift=1,
       intensity=0.1,
       mixup_alpha=0.4,

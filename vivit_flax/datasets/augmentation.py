@@ -9,6 +9,10 @@ as 0, 1, 2. Options, from `config.dataset_configs.augmentation`:
   flip_axes      flip along each of these axes with probability 1/2;
   rotate_planes  pairs of axes (of equal size) in whose plane the volume turns by k * 90 degrees, k
                  uniform in {0, 1, 2, 3};
+  max_rotation   rotate about the volume's centre by an angle in [-max_rotation, max_rotation] degrees
+                 in each of the three planes (linear interpolation, zero fill; a binary mask is
+                 thresholded back to its two values): the small tilts of a patient in the scanner,
+                 unlike rotate_planes' quarter turns, which no registered test volume shows;
   max_shift      translate by an integer in [-max_shift, max_shift] voxels along each axis, filling
                  with zeros (what a crop of the zero-padded volume gives);
   intensity      for volumes with intensities only (a binary mask has none): multiply by a factor in
@@ -24,6 +28,8 @@ from __future__ import annotations
 
 import ml_collections
 import numpy as np
+from scipy import ndimage
+from scipy.spatial import transform
 
 _SALT = 0xA46  # Keeps augmentation draws apart from the draws of the training order.
 
@@ -39,10 +45,14 @@ def as_float_volumes(volumes: np.ndarray) -> np.ndarray:
   return volumes.astype(np.float32)
 
 
-def _is_binary(images: np.ndarray) -> bool:
-  """True when the examples hold only two values (a segmentation mask, no intensities)."""
-  sample = images[: min(len(images), 64)]
-  return np.unique(sample).size <= 2
+def _binary_values(images: np.ndarray) -> tuple[float, float] | None:
+  """The two values, as floats in [0, 1], of examples that hold only two (a segmentation mask, no
+  intensities); None for volumes with intensities."""
+  values = np.unique(images[: min(len(images), 64)])
+  if values.size > 2:
+    return None
+  low, high = as_float_volumes(values[[0, -1]])
+  return float(low), float(high)
 
 
 class VolumeAugmentation:
@@ -60,9 +70,13 @@ class VolumeAugmentation:
     self.rotate_planes = tuple(
         tuple(plane) for plane in (options.get('rotate_planes') or ())
     )
+    self.max_rotation = float(options.get('max_rotation') or 0)
     self.max_shift = int(options.get('max_shift') or 0)
+    self.binary_values = _binary_values(images)
     self.intensity = (
-        float(options.get('intensity') or 0) if not _is_binary(images) else 0.0
+        float(options.get('intensity') or 0)
+        if self.binary_values is None
+        else 0.0
     )
     self.mixup_alpha = float(options.get('mixup_alpha') or 0)
     self.cutmix_alpha = float(options.get('cutmix_alpha') or 0)
@@ -89,6 +103,7 @@ class VolumeAugmentation:
     return bool(
         self.flip_axes
         or self.rotate_planes
+        or self.max_rotation
         or self.max_shift
         or self.intensity
         or self.mixup_alpha
@@ -110,6 +125,12 @@ class VolumeAugmentation:
         'shift': rng.integers(-self.max_shift, self.max_shift + 1, (size, 3)),
         'gain': rng.uniform(1 - self.intensity, 1 + self.intensity, size),
         'offset': rng.uniform(-self.intensity, self.intensity, size),
+        # No columns (and no draws, so the other draws are unchanged) without rotation.
+        'angles': rng.uniform(
+            -self.max_rotation,
+            self.max_rotation,
+            (size, 3 * bool(self.max_rotation)),
+        ),
     }
     mix = self._mix_choice(rng)
 
@@ -157,17 +178,46 @@ class VolumeAugmentation:
     return kind, float(rng.beta(alpha, alpha))
 
   def _transform(self, volume, draw):
-    """One example [T, H, W, C]: flips, quarter turns, shift, intensity."""
+    """One example [T, H, W, C]: flips, quarter turns, rotation, shift, intensity."""
     for axis, flip in zip(self.flip_axes, draw['flip']):
       if flip:
         volume = np.flip(volume, axis)
     for plane, turns in zip(self.rotate_planes, draw['turns']):
       volume = np.rot90(volume, turns, plane)
+    if self.max_rotation:
+      volume = _rotate(volume, draw['angles'], self.binary_values)
     if self.max_shift:
       volume = _shift(volume, draw['shift'])
     if self.intensity:
       volume = np.clip(volume * draw['gain'] + draw['offset'], 0.0, 1.0)
     return np.ascontiguousarray(volume, np.float32)
+
+
+def _rotate(volume, angles, binary_values):
+  """`volume` rotated about its centre by `angles` (degrees) about its first three axes in turn,
+  zero-filled; with `binary_values` (low, high), thresholded back to them halfway.
+  """
+  matrix = transform.Rotation.from_euler(
+      'xyz', angles, degrees=True
+  ).as_matrix()
+  centre = (np.array(volume.shape[:3]) - 1) / 2
+  out = np.stack(
+      [
+          ndimage.affine_transform(
+              volume[..., c],
+              matrix,
+              offset=centre - matrix @ centre,
+              order=1,
+              mode='grid-constant',  # The zero-padded volume, interpolated.
+          )
+          for c in range(volume.shape[-1])
+      ],
+      axis=-1,
+  )
+  if binary_values is not None:
+    low, high = binary_values
+    out = np.where(out >= (low + high) / 2, high, low)
+  return out
 
 
 def _shift(volume, shift):
