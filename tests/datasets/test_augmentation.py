@@ -191,6 +191,8 @@ def test_bad_axes_are_refused_with_the_fix():
     augmentation.VolumeAugmentation(
         _options(rotate_planes=((1, 1),)), images, 8
     )
+  with pytest.raises(ValueError, match='largest tilt in degrees'):
+    augmentation.VolumeAugmentation(_options(max_rotation=-10.0), images, 8)
 
 
 def test_as_float_volumes_scales_uint8_to_unit_interval_and_casts_floats():

@@ -80,6 +80,11 @@ class VolumeAugmentation:
     )
     self.mixup_alpha = float(options.get('mixup_alpha') or 0)
     self.cutmix_alpha = float(options.get('cutmix_alpha') or 0)
+    if not 0 <= self.max_rotation <= 180:
+      raise ValueError(
+          f'dataset_configs.augmentation.max_rotation is {self.max_rotation}: give the largest '
+          'tilt in degrees, from 0 (off) to 180.'
+      )
     volume_shape = images.shape[1:4]
     for axis in self.flip_axes + sum(self.rotate_planes, ()):
       if axis not in (0, 1, 2):
