@@ -90,9 +90,8 @@ def test_small_rotations_tilt_a_mask_and_keep_its_two_values():
   for step in range(10):
     x, _ = _run(options, images, step=step)
     assert set(np.unique(x)) <= {0.0, 1.0}
-    assert (
-        abs(x.sum() - 32) <= 8
-    )  # Its volume, up to the thresholding's rounding.
+    # Its volume, up to the thresholding's rounding.
+    assert abs(x.sum() - 32) <= 8
     moved += not np.array_equal(x[0], images[0] / np.float32(255))
   assert moved >= 8
 
