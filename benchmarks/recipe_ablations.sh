@@ -26,6 +26,7 @@ declare -A SET=(
   [no_weight_decay]='optimizer_configs.weight_decay=0.0'
   [no_clipping]='max_grad_norm=1e9'  # a threshold never reached
   [constant_lr]='lr_configs.factors=constant'
+  [forty_epochs]='num_training_epochs=40'  # the schedule before 35c3ed3
   [stochastic_depth]='model.stochastic_droplayer_rate=0.1'
   [sincos_positions]='model.positional_embedding=sinusoidal_3d'  # fixed 3D sin-cos, not learned
   [flips]='dataset_configs.augmentation.flip_axes=(0,1,2)'
@@ -43,7 +44,7 @@ declare -A CONFIG=(
   # Pretrains first (vivit_mae_pretrain.py's settings) on the fold's training volumes only.
   [masked_pretraining]=configs/medmnist3d/vivit_mae_finetune.py:adrenalmnist3d
 )
-ORDER=(no_stem gap no_shifts wider_shifts rotations no_label_smoothing no_weight_decay no_clipping constant_lr stochastic_depth sincos_positions flips mixup cutmix factorized_encoder
+ORDER=(no_stem gap no_shifts wider_shifts rotations no_label_smoothing no_weight_decay no_clipping constant_lr forty_epochs stochastic_depth sincos_positions flips mixup cutmix factorized_encoder
        factorized_self_attention factorized_dot_product narrow four_blocks masked_pretraining recipe)
 for name in "${@:-${ORDER[@]}}"; do
   sets=()
