@@ -206,7 +206,7 @@ def test_wrong_types(path, value, message):
                 'model.hidden_size': 4,
                 'model.num_heads': 2,
             },
-            "positional_embedding='sinusoidal_3d' needs hidden_size >= 6",
+            "config.model.hidden_size=4 must be at least 6 for positional_embedding='sinusoidal_3d'",
         ),
         (
             {'lr_configs.factors': 'constant * cosine_decy'},

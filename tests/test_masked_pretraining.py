@@ -189,7 +189,7 @@ def test_decoder_adds_the_configured_position_embedding(embedding):
                 decoder_heads=2,
                 decoder_embedding='sinusoidal_3d',
             ),
-            'at least 6',
+            'config.model.decoder_config.hidden_size=4 must be at least 6',
         ),
     ],
 )

@@ -131,7 +131,7 @@ def test_sinusoidal_3d_position_embedding():
   np.testing.assert_allclose(grid[:, 0, 0, :10], grid[:, 2, 3, :10])
   np.testing.assert_allclose(grid[0, :, 0, 10:20], grid[1, :, 3, 10:20])
   np.testing.assert_allclose(grid[0, 0, :, 20:30], grid[1, 2, :, 20:30])
-  with pytest.raises(ValueError, match='hidden_size >= 6'):
+  with pytest.raises(ValueError, match='channels=4 must be at least 6'):
     model_utils.sinusoidal_3d_position_embedding((2, 2, 2), 4)
 
 

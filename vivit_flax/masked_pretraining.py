@@ -99,13 +99,9 @@ def check_config(config: ml_collections.ConfigDict, input_shape) -> None:
         f'config.model.decoder_config.hidden_size={decoder.hidden_size} must be a multiple'
         f' of num_heads={decoder.num_heads}.'
     )
-  if (
-      decoder.positional_embedding == 'sinusoidal_3d'
-      and decoder.hidden_size < 6
-  ):
-    raise ValueError(
-        f'config.model.decoder_config.hidden_size={decoder.hidden_size} must be at least 6'
-        " for positional_embedding='sinusoidal_3d'."
+  if decoder.positional_embedding == 'sinusoidal_3d':
+    model_utils.check_sinusoidal_3d_width(
+        'config.model.decoder_config.hidden_size', decoder.hidden_size
     )
   grid = ViViTMaskedAutoencoderModel(
       config, {'num_classes': 1, 'input_shape': tuple(input_shape)}

@@ -549,6 +549,10 @@ class ViViT(nn.Module):
           "needs config.model_dtype_str='bfloat16'."
       )
     check_positive('config.model.hidden_size', self.hidden_size)
+    if self.positional_embedding == 'sinusoidal_3d':
+      model_utils.check_sinusoidal_3d_width(
+          'config.model.hidden_size', self.hidden_size
+      )
     check_positive('config.model.representation_size', self.representation_size)
     check_fraction('config.model.dropout_rate', self.dropout_rate)
     check_fraction(

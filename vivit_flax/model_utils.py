@@ -277,6 +277,16 @@ TUBELET_INITIALIZERS = {
 }
 
 
+def check_sinusoidal_3d_width(key: str, channels: int) -> None:
+  """Raises ValueError naming `key` if `channels` cannot hold a 3D sin-cos embedding."""
+  if channels < 6:
+    raise ValueError(
+        f'{key}={channels} must be at least 6 for'
+        " positional_embedding='sinusoidal_3d' (a sin and a cos channel for each"
+        " of three axes), or use positional_embedding='learned_1d'."
+    )
+
+
 def sinusoidal_3d_position_embedding(
     grid: Sequence[int], channels: int, temperature: float = 10_000.0
 ) -> np.ndarray:
@@ -286,12 +296,8 @@ def sinusoidal_3d_position_embedding(
   the order time, height, width; channels beyond 6 * (channels // 6) are zero.
   Rows are in time-major order, matching the flattened token grid.
   """
+  check_sinusoidal_3d_width('channels', channels)
   n_freq = channels // 6
-  if n_freq == 0:
-    raise ValueError(
-        "positional_embedding='sinusoidal_3d' needs hidden_size >= 6, got "
-        f'{channels}.'
-    )
   omega = 1.0 / temperature ** (np.arange(n_freq) / n_freq)
   coords = np.stack(
       np.meshgrid(*[np.arange(g) for g in grid], indexing='ij'), axis=-1
