@@ -37,6 +37,7 @@ declare -A SET=(
   [cutmix]='dataset_configs.augmentation.cutmix_alpha=1.0'
   [narrow]='model.hidden_size=64 model.mlp_dim=128'  # half the width (twice the width: 3-4x the time)
   [four_blocks]='model.num_layers=4'  # the encoder of the recipe before 489c55e
+  [eight_blocks]='model.num_layers=8'  # capacity beyond the recipe's six
   [masked_pretraining]=''  # CONFIG's: the recipe fine-tuned from its own masked pretraining
 )
 # Rows that train another config than the recipe (with SET's overrides on top).
@@ -45,7 +46,7 @@ declare -A CONFIG=(
   [masked_pretraining]=configs/medmnist3d/vivit_mae_finetune.py:adrenalmnist3d
 )
 ORDER=(no_stem gap no_shifts wider_shifts rotations no_label_smoothing no_weight_decay no_clipping constant_lr forty_epochs stochastic_depth sincos_positions flips mixup cutmix factorized_encoder
-       factorized_self_attention factorized_dot_product narrow four_blocks masked_pretraining recipe)
+       factorized_self_attention factorized_dot_product narrow four_blocks eight_blocks masked_pretraining recipe)
 for name in "${@:-${ORDER[@]}}"; do
   sets=()
   for override in ${SET[$name]}; do sets+=("--set=$override"); done
