@@ -193,14 +193,33 @@ def _single_channel_conv3d_forward(x, kernel, stride, padding):
 
 
 def _single_channel_conv3d_backward(stride, padding, residuals, grad):
-  """The kernel's gradient as one product: the shifted views stacked on a
-  leading axis, [k^3, N] (N = output voxels of the batch), times the output
-  gradient [N, F]. The input's gradient is that of the weighted sum (XLA drops
-  it where nothing asks for it, as for the stem's input volumes)."""
+  """The kernel's gradient as one convolution: the (padded) input volumes,
+  their batch as the channels, correlated with the output gradient as a
+  [T', H', W', B, F] kernel dilated by the stride; XLA:CPU runs this large
+  contraction as blocked products, where stacking the k^3 shifted views of the
+  batch into one array cost more than the whole forward pass. The input's
+  gradient is that of the weighted sum (XLA drops it where nothing asks for it,
+  as for the stem's input volumes)."""
   x, kernel = residuals
-  k, features = kernel.shape[0], kernel.shape[-1]
-  views = jnp.stack(_shifted_views(x, k, stride, padding)).reshape(k**3, -1)
-  kernel_grad = views @ grad.reshape(-1, features)
+  k = kernel.shape[0]
+  out = grad.shape[1:4]
+  pads = [
+      same_padding(n, k, stride) if padding == 'SAME' else (0, 0)
+      for n in x.shape[1:4]
+  ]
+  volumes = jnp.pad(x[..., 0], [(0, 0)] + pads)
+  # The voxels some output reads: VALID windows may leave a remainder.
+  volumes = volumes[
+      tuple([slice(None)] + [slice((n - 1) * stride + k) for n in out])
+  ]
+  kernel_grad = jax.lax.conv_general_dilated(
+      jnp.moveaxis(volumes, 0, -1)[None],
+      jnp.moveaxis(grad, 0, -2),
+      window_strides=(1, 1, 1),
+      padding='VALID',
+      rhs_dilation=(stride,) * 3,
+      dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'),
+  )
   _, input_vjp = jax.vjp(
       lambda inputs: _weighted_view_sum(inputs, kernel, stride, padding), x
   )
@@ -219,7 +238,8 @@ def conv3d(
   equal strides and SAME or VALID padding (lax.conv_general_dilated's result),
   in the form XLA:CPU runs fastest (benchmarks/RESULTS.md, "The stem's
   convolution"). One channel (every MedMNIST volume): the weighted sum of the
-  k^3 shifted views, its kernel gradient one product of the stacked views.
+  k^3 shifted views, its kernel gradient one convolution of the input with the
+  output gradient.
   More channels: one matrix product, the shifted views concatenated along the
   channels, [B, T', H', W', k^3 C], times the kernel as a [k^3 C, F] matrix."""
   k = kernel.shape[0]
