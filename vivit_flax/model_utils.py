@@ -197,7 +197,7 @@ def _single_channel_conv3d_backward(stride, padding, residuals, grad):
   their batch as the channels, correlated with the output gradient as a
   [T', H', W', B, F] kernel dilated by the stride; XLA:CPU runs this large
   contraction as blocked products, where stacking the k^3 shifted views of the
-  batch into one array cost more than the whole forward pass. The input's
+  batch into one array took about 40 ms a step (RESULTS.md). The input's
   gradient is that of the weighted sum (XLA drops it where nothing asks for it,
   as for the stem's input volumes)."""
   x, kernel = residuals
