@@ -143,17 +143,23 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
   return total // 2, total - total // 2
 
 
+def _pad_for(x: jax.Array, k: int, stride: int, padding: str) -> jax.Array:
+  """[B, T, H, W, C] with the zeros a cubic convolution's 'SAME' padding adds
+  (unchanged for 'VALID')."""
+  if padding != 'SAME':
+    return x
+  pads = [same_padding(n, k, stride) for n in x.shape[1:4]]
+  return jnp.pad(x, [(0, 0)] + pads + [(0, 0)])
+
+
 def _shifted_views(
     x: jax.Array, k: int, stride: int, padding: str
 ) -> list[jax.Array]:
   """The k^3 shifted, strided views of [B, T, H, W, C] (zero-padded for SAME),
   each [B, T', H', W', C]: view (i, j, l) holds, at every output voxel, the
   input voxel under kernel tap (i, j, l)."""
-  t, h, w = x.shape[1:4]
-  out = [stem_output_size(n, k, stride, padding) for n in (t, h, w)]
-  if padding == 'SAME':
-    pads = [same_padding(n, k, stride) for n in (t, h, w)]
-    x = jnp.pad(x, [(0, 0)] + pads + [(0, 0)])
+  out = [stem_output_size(n, k, stride, padding) for n in x.shape[1:4]]
+  x = _pad_for(x, k, stride, padding)
   return [
       x[
           :,
@@ -203,11 +209,7 @@ def _single_channel_conv3d_backward(stride, padding, residuals, grad):
   x, kernel = residuals
   k = kernel.shape[0]
   out = grad.shape[1:4]
-  pads = [
-      same_padding(n, k, stride) if padding == 'SAME' else (0, 0)
-      for n in x.shape[1:4]
-  ]
-  volumes = jnp.pad(x[..., 0], [(0, 0)] + pads)
+  volumes = _pad_for(x, k, stride, padding)[..., 0]
   # The voxels some output reads: VALID windows may leave a remainder.
   volumes = volumes[
       tuple([slice(None)] + [slice((n - 1) * stride + k) for n in out])
